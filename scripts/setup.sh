@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs what COSMA QC needs on a fresh Debian machine: ffmpeg + ffprobe (Debian's ffmpeg
+# package) and a virtual environment (.venv) with the package and its test tools.
+# Idempotent: a second run only checks.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+if ! command -v ffmpeg >/dev/null || ! command -v ffprobe >/dev/null; then
+  echo "setup: installing ffmpeg and ffprobe (Debian package ffmpeg)"
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq ffmpeg >/dev/null
+fi
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  echo "setup: creating .venv"
+  "$PY" -m venv .venv
+fi
+stamp=.venv/.cosma-qc-installed
+want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  echo "setup: installing cosma-qc and its test tools into .venv"
+  .venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v WARNING || true
+  .venv/bin/python -m pip install -q -e '.[test]' 2>&1 | grep -v WARNING || true
+  .venv/bin/python -c "import services.cli, pycolmap, fastapi, sqlmodel" \
+    || { echo "setup: the install failed; see the pip output above" >&2; exit 1; }
+  echo "$want" > "$stamp"
+fi

@@ -1,0 +1,167 @@
+"""``cosma-qc``: start each service, run the demo, drive the cluster."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from shared.auth import TokenError, auth_headers, load_token
+from shared.settings import ServiceSettings, add_settings_arguments, settings_from_args
+
+DEFAULT_CORE_URL = "http://127.0.0.1:3849"
+
+
+def _service_commands():
+    """(name, help, settings class, app factory), imported lazily so --help stays fast."""
+    from services.core.app import create_app as core_app
+    from services.core.config import CoreSettings
+    from services.gpu_agent.app import create_app as gpu_app
+    from services.gpu_agent.config import GpuAgentSettings
+    from services.storage_agent.app import create_app as storage_app
+    from services.storage_agent.config import StorageSettings
+
+    return [
+        ("core", "run the core: REST API, dashboard, job store and scheduler", CoreSettings, core_app),
+        ("gpu-agent", "run a gpu agent: frame ingest and 3D reconstruction", GpuAgentSettings, gpu_app),
+        ("storage-agent", "run a storage agent: video catalog and frame extraction", StorageSettings, storage_app),
+    ]
+
+
+def _add_client_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--core", default=os.environ.get("COSMA_CORE_URL", DEFAULT_CORE_URL),
+                        help=f"core URL (default: {DEFAULT_CORE_URL}; env: COSMA_CORE_URL)")
+    parser.add_argument("--token-file", type=Path, default=None,
+                        help="file holding the cluster token (default: none; env: COSMA_TOKEN holds the token)")
+
+
+def _client_token(args: argparse.Namespace) -> str:
+    try:
+        return load_token(os.environ.get("COSMA_TOKEN"), args.token_file)
+    except TokenError as exc:
+        raise SystemExit(f"cannot submit: {exc}") from None
+
+
+def _fail_on_error(resp: httpx.Response) -> None:
+    if resp.status_code >= 400:
+        try:
+            message = resp.json()["error"]["message"]
+        except Exception:  # noqa: BLE001
+            message = resp.text[:500]
+        raise SystemExit(f"the core answered HTTP {resp.status_code}: {message}")
+
+
+def print_job_line(job: dict) -> None:
+    pct = f"{100 * job.get('progress', 0):5.1f}%"
+    extra = job.get("error") or job.get("message") or ""
+    print(f"job {job['id']:>5}  {job['state']:<14} {job.get('stage') or '':<15} {pct}  "
+          f"{job.get('node') or '-':<12} {extra}", flush=True)
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    token = _client_token(args)
+    body = {"videos": [{"storage": args.storage, "path": p} for p in args.paths],
+            "fps": args.fps, "backend": args.backend}
+    if args.width:
+        body["width"] = args.width
+    if args.max_frames:
+        body["max_frames"] = args.max_frames
+    try:
+        resp = httpx.post(f"{args.core}/api/v1/jobs", json=body, headers=auth_headers(token), timeout=60)
+    except httpx.HTTPError as exc:
+        raise SystemExit(f"cannot reach the core at {args.core}: {exc}") from None
+    _fail_on_error(resp)
+    job = resp.json()
+    print_job_line(job)
+    if not args.wait:
+        return 0
+    return wait_for_job(args.core, job["id"])
+
+
+def wait_for_job(core_url: str, job_id: int, *, poll_s: float = 1.0) -> int:
+    last = None
+    while True:
+        resp = httpx.get(f"{core_url}/api/v1/jobs/{job_id}", timeout=30)
+        _fail_on_error(resp)
+        job = resp.json()
+        line = (job["state"], job.get("stage"), round(job.get("progress", 0), 2), job.get("message"))
+        if line != last:
+            print_job_line(job)
+            last = line
+        if job["state"] in ("done", "failed", "cancelled"):
+            return 0 if job["state"] == "done" else 1
+        time.sleep(poll_s)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    try:
+        if args.job is not None:
+            resp = httpx.get(f"{args.core}/api/v1/jobs/{args.job}", timeout=30)
+            _fail_on_error(resp)
+            print(json.dumps(resp.json(), indent=2))
+            return 0
+        nodes = httpx.get(f"{args.core}/api/v1/nodes", timeout=30)
+        jobs = httpx.get(f"{args.core}/api/v1/jobs", timeout=30)
+    except httpx.HTTPError as exc:
+        raise SystemExit(f"cannot reach the core at {args.core}: {exc}") from None
+    _fail_on_error(nodes)
+    _fail_on_error(jobs)
+    for node in nodes.json()["nodes"]:
+        print(f"node {node['name']:<12} {node['role']:<8} {node['state']:<8} {node['url']}")
+    for job in jobs.json()["jobs"]:
+        print_job_line(job)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cosma-qc", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, help_text, settings_cls, factory in _service_commands():
+        p = sub.add_parser(name, help=help_text, description=help_text + ". The token comes from "
+                           "COSMA_TOKEN or --token-file.")
+        add_settings_arguments(p, settings_cls)
+        p.set_defaults(settings_cls=settings_cls, factory=factory)
+
+    from services.demo.run import add_demo_arguments, cmd_demo
+
+    demo = sub.add_parser("demo", help="generate a sample survey video and run it through a local cluster")
+    add_demo_arguments(demo)
+    demo.set_defaults(func=cmd_demo)
+
+    submit = sub.add_parser("submit", help="submit a job to the core")
+    _add_client_arguments(submit)
+    submit.add_argument("--storage", required=True, help="name of the storage node holding the videos")
+    submit.add_argument("paths", nargs="+", help="video paths on that node, in order (one job)")
+    submit.add_argument("--fps", type=float, default=2.0, help="frames per second to sample (default: 2.0)")
+    submit.add_argument("--width", type=int, default=None, help="frame width (default: the core's, 640)")
+    submit.add_argument("--max-frames", type=int, default=None, help="cap on frames per video (default: none)")
+    submit.add_argument("--backend", choices=["colmap", "lingbot"], default="colmap",
+                        help="reconstruction backend (default: colmap)")
+    submit.add_argument("--wait", action="store_true", help="follow the job until it ends (default: off)")
+    submit.set_defaults(func=cmd_submit)
+
+    status = sub.add_parser("status", help="show nodes and jobs, or one job")
+    _add_client_arguments(status)
+    status.add_argument("job", nargs="?", type=int, help="a job number (default: all jobs)")
+    status.set_defaults(func=cmd_status)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if hasattr(args, "func"):
+        return args.func(args) or 0
+    settings: ServiceSettings = settings_from_args(args.settings_cls, args)
+    from shared.service import serve
+
+    serve(args.factory(settings), settings.host, settings.port, settings.log_level)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

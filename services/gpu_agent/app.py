@@ -1,0 +1,34 @@
+"""The gpu agent's FastAPI app."""
+
+from __future__ import annotations
+
+import contextlib
+
+from fastapi import Depends, FastAPI
+
+from shared.auth import BearerAuth
+from shared.service import make_app
+
+from services.gpu_agent.api.routes import router
+from services.gpu_agent.config import GpuAgentSettings
+from services.gpu_agent.jobs import JobManager
+from services.gpu_agent.nvml import GpuProbe, NvmlProbe
+
+
+def create_app(settings: GpuAgentSettings, *, probe: GpuProbe | None = None) -> FastAPI:
+    token = settings.resolved_token()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        manager = JobManager(settings, token)
+        app.state.manager = manager
+        await manager.start()
+        try:
+            yield
+        finally:
+            await manager.stop()
+
+    app = make_app(title="COSMA QC gpu agent", role="gpu", node_id=settings.node_id, lifespan=lifespan)
+    app.state.probe = probe or NvmlProbe()
+    app.include_router(router, dependencies=[Depends(BearerAuth(token))])
+    return app

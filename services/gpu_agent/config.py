@@ -1,0 +1,23 @@
+"""Settings of the gpu agent."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from shared.settings import ServiceSettings
+
+
+class GpuAgentSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="COSMA_GPU_", populate_by_name=True, extra="forbid")
+
+    port: int = Field(8300, ge=0, le=65535, description="port to listen on")
+    workdir: Path = Field(Path("/cosma-qc-frames"), description="root of the job folders (job_N/)")
+    cpu_jobs: int = Field(1, ge=1, le=16, description="reconstructions on the CPU backend at once")
+    jobs_per_gpu: int = Field(1, ge=1, le=8, description="reconstructions per GPU at once")
+    ingests: int = Field(4, ge=1, le=64, description="jobs pulling frames at once")
+    backend_threads: int = Field(0, ge=0, le=256, description="CPU threads for a backend (0: all cores)")
+    cancel_grace_s: float = Field(5.0, gt=0, le=300, description="SIGTERM to SIGKILL delay on cancel")
+    storage_timeout_s: float = Field(60.0, gt=0, le=3600, description="read timeout on the frame stream")

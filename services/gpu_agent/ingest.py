@@ -1,0 +1,130 @@
+"""Pulling one video's frames from a storage agent into a job folder.
+
+The storage agent streams a tar (see :mod:`shared.videos`); frames are read as they arrive,
+written under a temporary name and renamed, so a frame file that exists is complete. A
+stream that ends without its ``end.json`` member, or whose member says ffmpeg failed, is an
+error: the video is fetched again in full on the next attempt.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tarfile
+import threading
+from pathlib import Path
+from typing import Callable
+from urllib.parse import quote
+
+import httpx
+
+from shared.auth import auth_headers
+from shared.frames import FRAME_NAME_FORMAT, IndexedFrame
+from shared.jobs import ExtractParams, VideoSource
+from shared.videos import STREAM_END_NAME, TAR_TIMESTAMP_KEY, StreamEnd
+
+
+class IngestError(Exception):
+    """A video could not be pulled; the message names the video and the reason."""
+
+
+class IngestCancelled(Exception):
+    pass
+
+
+class _ByteStream:
+    """A read()-able file over an iterator of chunks, for tarfile's streaming mode."""
+
+    def __init__(self, chunks):
+        self._chunks = chunks
+        self._buf = bytearray()
+
+    def read(self, size: int = -1) -> bytes:
+        while size < 0 or len(self._buf) < size:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                break
+            self._buf += chunk
+        if size < 0:
+            size = len(self._buf)
+        out = bytes(self._buf[:size])
+        del self._buf[:size]
+        return out
+
+
+def _error_message(response: httpx.Response) -> str:
+    try:
+        return response.json()["error"]["message"]
+    except Exception:  # noqa: BLE001 - any non-typed body
+        return response.text[:300] or response.reason_phrase
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.part")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def pull_video(
+    source: VideoSource,
+    params: ExtractParams,
+    job_dir: Path,
+    *,
+    video_index: int,
+    first_frame: int,
+    token: str,
+    timeout_s: float,
+    cancel: threading.Event,
+    on_frame: Callable[[IndexedFrame, Path], None],
+) -> list[IndexedFrame]:
+    """Stream one video's frames into ``job_dir``, numbered from ``first_frame``.
+
+    Blocking: run it in a thread. Checks ``cancel`` between frames.
+    """
+    url = f"{source.storage_url.rstrip('/')}/videos/{quote(source.path, safe='/')}/frames"
+    query = {"fps": params.fps}
+    if params.width is not None:
+        query["width"] = params.width
+    if params.max_frames is not None:
+        query["max_frames"] = params.max_frames
+    timeout = httpx.Timeout(10.0, read=timeout_s)
+    frames: list[IndexedFrame] = []
+    end: StreamEnd | None = None
+    try:
+        with httpx.stream("GET", url, params=query, headers=auth_headers(token), timeout=timeout) as resp:
+            if resp.status_code != 200:
+                resp.read()
+                raise IngestError(
+                    f"storage agent refused {source.path} (HTTP {resp.status_code}): {_error_message(resp)}"
+                )
+            with tarfile.open(fileobj=_ByteStream(resp.iter_bytes()), mode="r|") as tar:
+                for member in tar:
+                    if cancel.is_set():
+                        raise IngestCancelled()
+                    data = tar.extractfile(member).read() if member.isfile() else b""
+                    if member.name == STREAM_END_NAME:
+                        end = StreamEnd.model_validate_json(data)
+                        break
+                    t_s = float(member.pax_headers.get(TAR_TIMESTAMP_KEY, "0"))
+                    index = first_frame + len(frames)
+                    frame = IndexedFrame(
+                        name=FRAME_NAME_FORMAT.format(index), index=index, video=video_index, t_s=t_s
+                    )
+                    path = job_dir / frame.name
+                    atomic_write_bytes(path, data)
+                    frames.append(frame)
+                    on_frame(frame, path)
+    except httpx.HTTPError as exc:
+        raise IngestError(f"lost the frame stream of {source.path} from {source.storage_url}: {exc}") from exc
+    except (tarfile.TarError, json.JSONDecodeError, ValueError) as exc:
+        raise IngestError(f"the frame stream of {source.path} is malformed: {exc}") from exc
+    if end is None:
+        raise IngestError(f"the frame stream of {source.path} ended early (no {STREAM_END_NAME}); it will be fetched again")
+    if not end.ok:
+        raise IngestError(f"frame extraction of {source.path} failed on the storage node: {end.error}")
+    if not frames:
+        raise IngestError(f"{source.path} gave no frames with fps={params.fps}; check the video's duration")
+    return frames

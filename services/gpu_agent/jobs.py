@@ -1,0 +1,276 @@
+"""The job manager: owns every job of this agent, its state machine and its persistence.
+
+A job's ``state.json`` is rewritten atomically on every change. On start the manager
+reloads every ``job_N/state.json``, resumes unfinished jobs from their ``.video_i.done``
+markers and reports folders it does not know instead of deleting them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import shutil
+import threading
+from datetime import datetime, timezone
+from pathlib import Path
+
+from shared.errors import Conflict, NotFound
+from shared.frames import FRAMES_INDEX_NAME, FrameIndex, IndexedFrame, IndexedVideo
+from shared.jobs import AgentJob, JobSpec, JobState
+from shared.procs import Supervised
+
+from services.gpu_agent.backends import OUTPUT_FILES, runner_argv
+from services.gpu_agent.config import GpuAgentSettings
+from services.gpu_agent.ingest import IngestCancelled, IngestError, atomic_write_bytes, pull_video
+
+log = logging.getLogger(__name__)
+
+STATE_NAME = "state.json"
+JOB_DIR_RE = re.compile(r"^job_(\d+)$")
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class BackendFailed(Exception):
+    pass
+
+
+def job_dir_name(job_id: int) -> str:
+    return f"job_{job_id}"
+
+
+class JobManager:
+    def __init__(self, settings: GpuAgentSettings, token: str):
+        self.settings = settings
+        self.token = token
+        self.root = settings.workdir
+        self.jobs: dict[int, AgentJob] = {}
+        self.unknown_folders: list[str] = []
+        self._tasks: dict[int, asyncio.Task] = {}
+        self._cancel_events: dict[int, threading.Event] = {}
+        self._ingest_slots = asyncio.Semaphore(settings.ingests)
+        self._cpu_slots = asyncio.Semaphore(settings.cpu_jobs)
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def job_dir(self, job_id: int) -> Path:
+        return self.root / job_dir_name(job_id)
+
+    async def start(self) -> None:
+        """Reload persisted jobs and resume those that were interrupted."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        for child in sorted(self.root.iterdir()):
+            match = JOB_DIR_RE.match(child.name)
+            state_file = child / STATE_NAME
+            if not child.is_dir() or not match:
+                continue
+            try:
+                job = AgentJob.model_validate_json(state_file.read_text())
+            except (OSError, ValueError) as exc:
+                log.warning("leaving %s alone: no readable %s (%s)", child, STATE_NAME, exc)
+                self.unknown_folders.append(child.name)
+                continue
+            self.jobs[job.job_id] = job
+            if not job.state.final:
+                log.info("resuming job %s (attempt %s) from %s", job.job_id, job.attempt, job.state.value)
+                self._launch(job.job_id)
+
+    async def stop(self) -> None:
+        """Stop running work without marking it cancelled: it resumes on the next start."""
+        for event in self._cancel_events.values():
+            event.set()
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    # -- commands ----------------------------------------------------------------------
+
+    def get(self, job_id: int) -> AgentJob:
+        try:
+            return self.jobs[job_id]
+        except KeyError:
+            raise NotFound(f"job {job_id} is not on this agent") from None
+
+    async def put(self, job_id: int, spec: JobSpec) -> tuple[AgentJob, bool]:
+        """Start or resume a job. Returns the job and whether it was created or restarted."""
+        if spec.job_id != job_id:
+            raise Conflict(f"the path says job {job_id} but the body says job {spec.job_id}", code="id_mismatch")
+        current = self.jobs.get(job_id)
+        if current is not None:
+            if spec.attempt < current.attempt:
+                raise Conflict(
+                    f"job {job_id} attempt {spec.attempt} is stale: this agent holds attempt {current.attempt}; drop it",
+                    code="stale_attempt",
+                )
+            if spec.attempt == current.attempt:
+                if current.spec != spec:
+                    raise Conflict(f"job {job_id} attempt {spec.attempt} already exists with another spec",
+                                   code="spec_mismatch")
+                return current, False
+            await self._halt(job_id)
+        now = _now()
+        job = AgentJob(job_id=job_id, attempt=spec.attempt, spec=spec, state=JobState.assigned,
+                       stage="assigned", progress=0.0, message="accepted", created_at=now, updated_at=now)
+        self.job_dir(job_id).mkdir(parents=True, exist_ok=True)
+        self._save(job)
+        self._launch(job_id)
+        return job, True
+
+    async def cancel(self, job_id: int, *, purge: bool = False) -> AgentJob | None:
+        job = self.get(job_id)
+        await self._halt(job_id)
+        if not job.state.final:
+            job = self._update(job_id, state=JobState.cancelled, stage="cancelled", message="cancelled on request")
+        if purge:
+            shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
+            del self.jobs[job_id]
+            return None
+        return job
+
+    async def _halt(self, job_id: int) -> None:
+        event = self._cancel_events.get(job_id)
+        if event is not None:
+            event.set()
+        task = self._tasks.get(job_id)
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    # -- state -------------------------------------------------------------------------
+
+    def _save(self, job: AgentJob) -> None:
+        self.jobs[job.job_id] = job
+        atomic_write_bytes(self.job_dir(job.job_id) / STATE_NAME, job.model_dump_json(indent=1).encode())
+
+    def _update(self, job_id: int, **changes) -> AgentJob:
+        job = self.jobs[job_id]
+        if "stage" in changes and changes["stage"] != job.stage:
+            changes.setdefault("progress", 0.0)
+        elif "progress" in changes:
+            changes["progress"] = max(job.progress, min(1.0, changes["progress"]))
+        job = job.model_copy(update={**changes, "updated_at": _now()})
+        self._save(job)
+        return job
+
+    def _launch(self, job_id: int) -> None:
+        self._cancel_events[job_id] = threading.Event()
+        task = asyncio.create_task(self._run(job_id), name=f"job-{job_id}")
+        self._tasks[job_id] = task
+
+        def _forget(t: asyncio.Task, job_id=job_id) -> None:
+            if self._tasks.get(job_id) is t:
+                del self._tasks[job_id]
+                self._cancel_events.pop(job_id, None)
+
+        task.add_done_callback(_forget)
+
+    # -- the work ----------------------------------------------------------------------
+
+    async def _run(self, job_id: int) -> None:
+        try:
+            async with self._ingest_slots:
+                await self._ingest(job_id)
+            async with self._cpu_slots:
+                await self._reconstruct(job_id)
+            files = sorted(p.name for p in self.job_dir(job_id).iterdir()
+                           if p.is_file() and not p.name.startswith((".", "frame_")))
+            self._update(job_id, state=JobState.done, stage="done", progress=1.0, message="finished",
+                         files=files)
+        except asyncio.CancelledError:
+            raise
+        except IngestCancelled:
+            pass
+        except (IngestError, BackendFailed) as exc:
+            self._update(job_id, state=JobState.failed, stage="failed", error=str(exc), message="failed")
+        except Exception as exc:  # noqa: BLE001 - a job's bug must not take the agent down
+            log.exception("job %s crashed", job_id)
+            self._update(job_id, state=JobState.failed, stage="failed", message="failed",
+                         error=f"internal error in the gpu agent ({type(exc).__name__}: {exc}); see its log")
+
+    def _load_index(self, job_dir: Path, spec: JobSpec) -> FrameIndex:
+        """The frames of fully ingested videos; frames of a partial video are removed."""
+        path = job_dir / FRAMES_INDEX_NAME
+        index = FrameIndex.model_validate_json(path.read_text()) if path.exists() else FrameIndex()
+        done = 0
+        while done < len(spec.videos) and (job_dir / f".video_{done}.done").exists():
+            done += 1
+        index.frames = [f for f in index.frames if f.video < done]
+        index.videos = [v for v in index.videos if v.index < done]
+        keep = {f.name for f in index.frames}
+        for stale in job_dir.glob("frame_*.jpg"):
+            if stale.name not in keep:
+                stale.unlink()
+        return index
+
+    async def _ingest(self, job_id: int) -> None:
+        job = self.jobs[job_id]
+        spec = job.spec
+        job_dir = self.job_dir(job_id)
+        index = self._load_index(job_dir, spec)
+        n = len(spec.videos)
+        self._update(job_id, state=JobState.extracting, stage="extracting",
+                     message=f"pulling frames of {n} video(s)", frames=len(index.frames))
+        cancel = self._cancel_events[job_id]
+        loop = asyncio.get_running_loop()
+        for i, source in enumerate(spec.videos):
+            if (job_dir / f".video_{i}.done").exists():
+                continue
+            count = 0
+            expected = spec.extract.max_frames
+
+            def on_frame(frame: IndexedFrame, _path: Path, i=i) -> None:
+                nonlocal count
+                count += 1
+                within = min(count / expected, 0.99) if expected else 0.0
+                loop.call_soon_threadsafe(lambda c=count, w=within: self._update(
+                    job_id, progress=(i + w) / n, frames=len(index.frames) + c,
+                    message=f"video {i + 1}/{n}: {c} frames"))
+
+            frames = await asyncio.to_thread(
+                pull_video, source, spec.extract, job_dir, video_index=i,
+                first_frame=len(index.frames) + 1, token=self.token,
+                timeout_s=self.settings.storage_timeout_s, cancel=cancel, on_frame=on_frame)
+            index.frames.extend(frames)
+            index.videos.append(IndexedVideo(index=i, path=source.path))
+            atomic_write_bytes(job_dir / FRAMES_INDEX_NAME, index.model_dump_json(indent=1).encode())
+            atomic_write_bytes(job_dir / f".video_{i}.done", b"")
+            self._update(job_id, progress=(i + 1) / n, videos_done=i + 1, frames=len(index.frames))
+
+    async def _reconstruct(self, job_id: int) -> None:
+        job = self.jobs[job_id]
+        job_dir = self.job_dir(job_id)
+        for name in OUTPUT_FILES:
+            (job_dir / name).unlink(missing_ok=True)
+        self._update(job_id, state=JobState.reconstructing, stage="reconstructing",
+                     message=f"{job.spec.backend}: starting on {job.frames} frames")
+        argv = runner_argv(job.spec.backend, job_dir, job_dir, threads=self.settings.backend_threads)
+        proc = await Supervised.start(argv, cwd=job_dir)
+        try:
+            while line := await proc.stdout.readline():
+                self._on_progress(job_id, line)
+            rc = await proc.wait()
+        except asyncio.CancelledError:
+            await proc.terminate(self.settings.cancel_grace_s)
+            raise
+        if rc != 0:
+            raise BackendFailed(f"reconstruction failed: {proc.describe_exit(rc)}")
+        missing = [name for name in OUTPUT_FILES if not (job_dir / name).exists()]
+        if missing:
+            raise BackendFailed(f"the {job.spec.backend} backend exited without writing {', '.join(missing)}")
+
+    def _on_progress(self, job_id: int, line: bytes) -> None:
+        try:
+            event = json.loads(line)
+            stage, progress = str(event["stage"]), float(event["progress"])
+        except (ValueError, KeyError, TypeError):
+            log.debug("job %s: runner said %r", job_id, line[:200])
+            return
+        stages = ("features", "matching", "mapping", "writing")
+        share = (stages.index(stage) + min(max(progress, 0.0), 1.0)) / len(stages) if stage in stages else 0.0
+        message = str(event.get("message") or stage)
+        self._update(job_id, progress=share, message=message)

@@ -1,0 +1,38 @@
+"""GPU agent wire models for ``GET /status``."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from shared.base import WireModel
+from shared.jobs import AgentJob
+
+
+class GpuInfo(WireModel):
+    index: int = Field(ge=0)
+    name: str
+    uuid: str
+    memory_total_mib: int = Field(ge=0)
+    memory_used_mib: int = Field(ge=0)
+    memory_free_mib: int = Field(ge=0)
+    utilization_pct: int | None = Field(None, ge=0, le=100)
+    temperature_c: int | None = None
+
+
+class BackendInfo(WireModel):
+    name: str
+    available: bool
+    device: str = Field(description="'gpu' or 'cpu'")
+    reason: str | None = Field(None, description="why the backend cannot run here")
+
+
+class AgentStatus(WireModel):
+    node_id: str
+    gpus: list[GpuInfo]
+    nvml_error: str | None = Field(None, description="why NVML could not be read, if it could not")
+    backends: list[BackendInfo]
+    cpu_load_1m: float
+    cpu_count: int
+    disk_free_mib: int
+    jobs: list[AgentJob]
+    unknown_folders: list[str] = Field([], description="job folders without a readable state.json, left alone")

@@ -1,0 +1,69 @@
+"""Job wire models: the spec the core pushes to a gpu agent and the state the agent reports."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import Enum
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from shared.base import WireModel
+
+
+class JobState(str, Enum):
+    queued = "queued"
+    assigned = "assigned"
+    extracting = "extracting"
+    reconstructing = "reconstructing"
+    done = "done"
+    failed = "failed"
+    cancelled = "cancelled"
+
+    @property
+    def final(self) -> bool:
+        return self in (JobState.done, JobState.failed, JobState.cancelled)
+
+
+Backend = Literal["colmap", "lingbot"]
+
+
+class ExtractParams(WireModel):
+    """Frame sampling for every video of a job (see :class:`shared.videos.FrameParams`)."""
+
+    fps: Annotated[float, Field(gt=0, le=120)] = 2.0
+    width: Annotated[int | None, Field(ge=32, le=7680)] = 640
+    max_frames: Annotated[int | None, Field(ge=1, le=100_000)] = None
+
+
+class VideoSource(WireModel):
+    storage_url: Annotated[str, Field(min_length=1, max_length=2048)]
+    path: Annotated[str, Field(min_length=1, max_length=4096)]
+
+
+class JobSpec(WireModel):
+    """``PUT /jobs/{job_id}`` on a gpu agent. Idempotent: repeating it is harmless."""
+
+    job_id: Annotated[int, Field(ge=1, le=10_000_000)]
+    attempt: Annotated[int, Field(ge=1, le=1000)] = 1
+    videos: Annotated[list[VideoSource], Field(min_length=1, max_length=200)]
+    extract: ExtractParams = ExtractParams()
+    backend: Backend = "colmap"
+
+
+class AgentJob(WireModel):
+    """A job as a gpu agent sees it (``GET /jobs/{job_id}``, and in ``state.json``)."""
+
+    job_id: int
+    attempt: int
+    spec: JobSpec
+    state: JobState
+    stage: str
+    progress: float = Field(ge=0, le=1)
+    message: str = ""
+    error: str | None = None
+    frames: int = 0
+    videos_done: int = 0
+    files: list[str] = []
+    created_at: datetime
+    updated_at: datetime

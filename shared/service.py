@@ -1,0 +1,36 @@
+"""What every service's FastAPI app has: ``/health``, the API version header, typed errors."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI, Request
+
+from shared import API_VERSION, API_VERSION_HEADER, __version__
+from shared.errors import install_error_handlers
+from shared.health import Health, Role
+
+
+def make_app(*, title: str, role: Role, node_id: str, lifespan: Any = None) -> FastAPI:
+    app = FastAPI(title=title, version=__version__, lifespan=lifespan)
+    install_error_handlers(app)
+
+    @app.middleware("http")
+    async def _version_header(request: Request, call_next):
+        response = await call_next(request)
+        response.headers[API_VERSION_HEADER] = API_VERSION
+        return response
+
+    @app.get("/health", tags=["meta"])
+    async def get_health() -> Health:
+        """Liveness, version, node id and role; needs no token."""
+        return Health(role=role, version=__version__, node_id=node_id, api_version=API_VERSION)
+
+    return app
+
+
+def serve(app: FastAPI, host: str, port: int, log_level: str = "info") -> None:
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)

@@ -67,7 +67,10 @@ def error_response(status_code: int, code: str, message: str, headers=None) -> J
 def _describe_validation(exc: RequestValidationError) -> str:
     parts = []
     for err in exc.errors():
-        where = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path"))
+        loc = tuple(err.get("loc", ()))
+        if loc and loc[0] in ("body", "query", "path", "header", "cookie"):
+            loc = loc[1:]
+        where = ".".join(str(p) for p in loc)
         parts.append(f"{where or 'request'}: {err.get('msg', 'invalid')}")
     return "; ".join(parts) or "invalid request"
 

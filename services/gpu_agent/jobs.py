@@ -178,7 +178,7 @@ class JobManager:
             async with self._cpu_slots:
                 await self._reconstruct(job_id)
             files = sorted(p.name for p in self.job_dir(job_id).iterdir()
-                           if p.is_file() and not p.name.startswith((".", "frame_")))
+                           if p.is_file() and not p.name.startswith((".", "frame_")) and p.name != STATE_NAME)
             self._update(job_id, state=JobState.done, stage="done", progress=1.0, message="finished",
                          files=files)
         except asyncio.CancelledError:

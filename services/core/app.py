@@ -1,0 +1,63 @@
+"""The core service: REST API, job list page and the scheduler loop, in one FastAPI app."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from fastapi import FastAPI
+
+from shared.auth import BearerAuth
+from shared.service import make_app
+
+from services.core.agents import AgentClient
+from services.core.api import jobs, nodes, pages
+from services.core.config import CoreSettings
+from services.core.models import API_PREFIX
+from services.core.scheduler import Scheduler
+from services.core.store import Store, make_engine
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: CoreSettings) -> FastAPI:
+    """Build the core app: database engine and tables, agent client, scheduler, routes.
+
+    The scheduler loop starts with the app's lifespan when ``settings.scheduler_enabled``;
+    either way ``app.state.scheduler.tick()`` runs one round by hand.
+    """
+    token = settings.resolved_token()
+    store = Store(make_engine(settings.resolved_database_url()))
+    store.create_tables()
+    agents = AgentClient(token, poll_timeout_s=settings.poll_timeout_s,
+                         request_timeout_s=settings.request_timeout_s)
+    scheduler = Scheduler(store, agents, settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        task = None
+        if settings.scheduler_enabled:
+            task = asyncio.create_task(scheduler.run_forever(), name="core-scheduler")
+        app.state.scheduler_task = task
+        try:
+            yield
+        finally:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await agents.aclose()
+            store.engine.dispose()
+
+    app = make_app(title="COSMA QC core", role="core", node_id=settings.node_id, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.store = store
+    app.state.agents = agents
+    app.state.scheduler = scheduler
+    app.state.scheduler_task = None
+    app.state.auth = BearerAuth(token)
+    app.include_router(jobs.router, prefix=API_PREFIX)
+    app.include_router(nodes.router, prefix=API_PREFIX)
+    app.include_router(pages.router)
+    return app

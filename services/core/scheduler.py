@@ -1,0 +1,373 @@
+"""The scheduler: polls the agents, keeps job state and leases current, places queued jobs.
+
+One :meth:`Scheduler.tick` does, in order:
+
+1. poll every node (gpu: ``GET /status``, storage: ``GET /health``) → online/offline, last
+   status; an agent still running a job the core has taken away from it is told to drop it
+   (fencing: ``DELETE /jobs/{id}``);
+2. poll each placed, unfinished job on its agent (``GET /jobs/{id}``) → copy state, stage,
+   progress, message, error, files and renew its lease; a job whose agent stays silent past
+   the lease is requeued as attempt+1 (or failed after ``max_attempts``);
+3. place queued jobs, oldest first, on online gpu nodes (:func:`choose_node`) and push them
+   (``PUT /jobs/{id}``).
+
+Agent failures never escape a tick: transport errors and 5xx mark the node offline and back
+off its polling; 4xx are logged as bugs. :meth:`Scheduler.run_forever` calls ``tick`` every
+``tick_interval_s`` and backs off when a tick itself fails (e.g. the database is locked).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import math
+import random
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Callable
+
+import anyio.to_thread
+
+from shared.gpu import AgentStatus
+from shared.jobs import AgentJob, ExtractParams, JobSpec, JobState, VideoSource
+
+from services.core.agents import AgentClient, AgentError, AgentRequestError
+from services.core.config import CoreSettings
+from services.core.store import Job, Node, NodeRole, NodeState, Store, utcnow
+
+log = logging.getLogger(__name__)
+
+#: Longest wait between polls of an unreachable node, and between failed ticks.
+MAX_BACKOFF_S = 30.0
+
+#: LingBot-Map VRAM model (LINGBOT_NOTES.md, *estimates* to calibrate from measured peaks):
+#: bf16 weights ≈ 3.4 GB plus CUDA context; ≈ 130 MB of KV cache per cached frame at
+#: 518 px wide, growing with pixel count; the cache holds at most a window of frames.
+LINGBOT_BASE_MIB = 4096
+LINGBOT_PER_FRAME_MIB = 130
+LINGBOT_REFERENCE_WIDTH = 518
+LINGBOT_WINDOW_FRAMES = 48
+
+
+def estimate_frames(durations_s: list[float | None], fps: float, max_frames: int | None) -> int | None:
+    """Frames a job will extract (``max_frames`` caps each video); None if unknowable."""
+    total = 0
+    for duration_s in durations_s:
+        if duration_s is None:
+            if max_frames is None:
+                return None
+            total += max_frames  # an upper bound is good enough to size memory
+        else:
+            frames = max(1, math.ceil(duration_s * fps))
+            total += min(frames, max_frames) if max_frames else frames
+    return total
+
+
+def estimate_vram_mib(backend: str, frames: int | None, width: int | None) -> int:
+    """GPU memory a job needs; 0 for CPU backends.
+
+    Unknown frame counts are taken as a full window (the worst case), unknown widths as
+    the model's native 518 px.
+    """
+    if backend != "lingbot":
+        return 0
+    cached = min(frames or LINGBOT_WINDOW_FRAMES, LINGBOT_WINDOW_FRAMES)
+    scale = ((width or LINGBOT_REFERENCE_WIDTH) / LINGBOT_REFERENCE_WIDTH) ** 2
+    return int(LINGBOT_BASE_MIB + cached * LINGBOT_PER_FRAME_MIB * scale)
+
+
+@dataclass
+class NodeView:
+    """What placement knows of one online gpu node: its last status and the core's jobs on it."""
+
+    name: str
+    url: str
+    status: AgentStatus
+    jobs: list[Job] = field(default_factory=list)
+
+    def device_of(self, backend: str) -> str | None:
+        """'cpu' or 'gpu' if the node can run ``backend`` now, else None."""
+        info = next((b for b in self.status.backends if b.name == backend and b.available), None)
+        return info.device if info else None
+
+    def jobs_on(self, device: str) -> list[Job]:
+        return [j for j in self.jobs if (self.device_of(j.backend) or "cpu") == device]
+
+    def free_vram_mib(self) -> int:
+        """Largest free GPU memory, less what placed jobs not yet on the GPU will take."""
+        if not self.status.gpus:
+            return 0
+        pending = sum(
+            estimate_vram_mib(j.backend, j.frames_estimate, j.width)
+            for j in self.jobs_on("gpu") if j.state in (JobState.assigned, JobState.extracting)
+        )
+        return max(g.memory_free_mib for g in self.status.gpus) - pending
+
+
+def choose_node(job: Job, nodes: list[NodeView], last_placed: str | None = None) -> tuple[NodeView | None, str]:
+    """The node to run ``job`` on, or None and why not.
+
+    CPU backends: one such job per node. GPU backends: one per GPU, enough free VRAM, best
+    fit (least VRAM left over). Then fewest jobs, then round robin after ``last_placed``.
+    """
+    candidates: list[tuple[tuple, NodeView]] = []
+    need_mib = estimate_vram_mib(job.backend, job.frames_estimate, job.width)
+    offering = [n for n in nodes if n.device_of(job.backend)]
+    if not offering:
+        return None, f"waiting: no online gpu node offers the {job.backend} backend"
+    for node in offering:
+        device = node.device_of(job.backend)
+        if device == "gpu":
+            if len(node.jobs_on("gpu")) >= len(node.status.gpus):
+                continue
+            left_mib = node.free_vram_mib() - need_mib
+            if left_mib < 0:
+                continue
+        else:
+            if node.jobs_on("cpu"):
+                continue
+            left_mib = 0
+        rotation = 0 if last_placed is None or node.name > last_placed else 1
+        candidates.append(((left_mib, len(node.jobs), rotation, node.name), node))
+    if not candidates:
+        if job.backend == "lingbot":
+            return None, f"waiting: no online gpu node has a free GPU with {need_mib} MiB free"
+        return None, f"waiting: every node offering {job.backend} is busy"
+    return min(candidates, key=lambda c: c[0])[1], ""
+
+
+class _Backoff:
+    """Per-node polling backoff: after n failures in a row, skip the node ~2^(n-1) ticks."""
+
+    def __init__(self, interval_s: float):
+        self.interval_s = interval_s
+        self._failures: dict[str, int] = {}
+        self._next_at: dict[str, datetime] = {}
+
+    def due(self, name: str, now: datetime) -> bool:
+        return now >= self._next_at.get(name, now)
+
+    def failed(self, name: str, now: datetime) -> None:
+        n = self._failures[name] = self._failures.get(name, 0) + 1
+        delay_s = min(self.interval_s * 2 ** (n - 1), MAX_BACKOFF_S) * random.uniform(0.5, 1.0)
+        self._next_at[name] = now + timedelta(seconds=delay_s)
+
+    def succeeded(self, name: str) -> None:
+        self._failures.pop(name, None)
+        self._next_at.pop(name, None)
+
+
+class Scheduler:
+    def __init__(
+        self, store: Store, agents: AgentClient, settings: CoreSettings,
+        *, clock: Callable[[], datetime] = utcnow,
+    ):
+        self.store = store
+        self.agents = agents
+        self.settings = settings
+        #: Source of "now" for leases and backoff; tests replace it to move time.
+        self.clock = clock
+        self._backoff = _Backoff(settings.tick_interval_s)
+        self._last_placed: str | None = None
+        self._reachable: dict[str, str | None] = {}  # node → None if polled fine this tick, else why not
+        self._strangers: set[tuple[str, int]] = set()  # (node, job) runs we do not know, logged once
+        self._tick_lock = asyncio.Lock()
+
+    async def run_forever(self) -> None:
+        """Tick every ``tick_interval_s`` until cancelled; back off while ticks fail."""
+        failures = 0
+        while True:
+            started = asyncio.get_running_loop().time()
+            try:
+                await self.tick()
+                failures, delay_s = 0, self.settings.tick_interval_s
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                failures += 1
+                delay_s = min(self.settings.tick_interval_s * 2**failures, MAX_BACKOFF_S) * random.uniform(0.5, 1)
+                log.exception("scheduler tick failed (%d in a row); next try in %.1f s", failures, delay_s)
+            elapsed_s = asyncio.get_running_loop().time() - started
+            await asyncio.sleep(max(0.0, delay_s - elapsed_s))
+
+    async def tick(self) -> None:
+        """One round: poll nodes, poll placed jobs, place queued jobs (one round at a time)."""
+        async with self._tick_lock:
+            nodes = await self._db(self.store.list_nodes)
+            await self._poll_nodes(nodes)
+            await self._poll_jobs({n.name: n for n in nodes})
+            await self._place()
+
+    async def _db(self, fn, *args, **kwargs):
+        # The store is synchronous; keep the event loop (and the API) free while it works.
+        return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs))
+
+    # -- 1. nodes ------------------------------------------------------------------------
+
+    async def _poll_nodes(self, nodes: list[Node]) -> None:
+        now = self.clock()
+        due = [n for n in nodes if self._backoff.due(n.name, now)]
+        # A node we back off from counts as not answering this tick.
+        self._reachable = {n.name: n.last_error or "not answering" for n in nodes}
+        await asyncio.gather(*(self._poll_node(node, now) for node in due))
+
+    async def _poll_node(self, node: Node, now: datetime) -> None:
+        try:
+            if node.role == NodeRole.gpu:
+                status: AgentStatus | None = await self.agents.gpu_status(node.url)
+            else:
+                await self.agents.health(node.url)
+                status = None
+        except AgentError as exc:
+            self._reachable[node.name] = exc.message
+            self._backoff.failed(node.name, now)
+            if isinstance(exc, AgentRequestError):
+                log.error("node %s refused a status poll (a bug, or a wrong token/URL): %s", node.name, exc.message)
+            elif node.state != NodeState.offline:
+                log.warning("node %s is offline: %s", node.name, exc.message)
+            await self._db(self.store.record_node_poll, node.name, now=now, error=exc.message)
+            return
+        self._reachable[node.name] = None
+        self._backoff.succeeded(node.name)
+        if node.state != NodeState.online:
+            log.info("node %s is online", node.name)
+        await self._db(self.store.record_node_poll, node.name, now=now,
+                       status=status.model_dump(mode="json") if status else None)
+        if status is not None:
+            await self._fence(node, status.jobs)
+
+    async def _fence(self, node: Node, reported: list[AgentJob]) -> None:
+        """Stop jobs the agent runs that the core has since cancelled or moved elsewhere."""
+        running = [j for j in reported if not j.state.final]
+        if not running:
+            return
+        ours = await self._db(self.store.jobs_by_id, [j.job_id for j in running])
+        for report in running:
+            job = ours.get(report.job_id)
+            if job is None:
+                if (node.name, report.job_id) not in self._strangers:
+                    self._strangers.add((node.name, report.job_id))
+                    log.warning("node %s runs job %d, which this core does not know; leaving it",
+                                node.name, report.job_id)
+            elif job.state.final or job.node != node.name:
+                log.info("node %s still runs job %d attempt %d; telling it to stop",
+                         node.name, job.id, report.attempt)
+                await self._try(self.agents.cancel_job(node.url, job.id), f"stopping job {job.id} on {node.name}")
+
+    # -- 2. placed jobs ------------------------------------------------------------------
+
+    async def _poll_jobs(self, nodes: dict[str, Node]) -> None:
+        jobs = await self._db(self.store.active_jobs)
+        await asyncio.gather(*(self._poll_job(job, nodes.get(job.node)) for job in jobs))
+
+    async def _poll_job(self, job: Job, node: Node | None) -> None:
+        now = self.clock()
+        if node is None:
+            return await self._requeue(job, f"node {job.node} was removed", now)
+        problem = self._reachable.get(node.name)
+        if problem is None:
+            try:
+                report = await self.agents.get_job(node.url, job.id)
+            except AgentError as exc:
+                problem = exc.message
+                if isinstance(exc, AgentRequestError) and exc.status_code == 404:
+                    problem = f"{node.name} does not know job {job.id}"
+                    if job.state == JobState.assigned:  # our push may have been lost: push again
+                        await self._push(job, node.name, node.url, now)
+                elif isinstance(exc, AgentRequestError):
+                    log.error("node %s refused a poll of job %d (a bug?): %s", node.name, job.id, exc.message)
+            else:
+                return await self._take_report(job, node, report, now)
+        if job.lease_expires_at is None or now >= job.lease_expires_at:
+            await self._requeue(job, f"{node.name} did not answer for {self.settings.lease_s:g} s ({problem})", now)
+        elif job.message != f"no answer from {node.name}: {problem}":
+            await self._db(self.store.note, job.id, f"no answer from {node.name}: {problem}",
+                           node=node.name, attempt=job.attempt, now=now)
+
+    async def _take_report(self, job: Job, node: Node, report: AgentJob, now: datetime) -> None:
+        if report.attempt < job.attempt:  # it still runs an older attempt: replace it
+            await self._push(job, node.name, node.url, now)
+        elif report.attempt > job.attempt:
+            log.error("node %s holds job %d at attempt %d, newer than the core's %d",
+                      node.name, job.id, report.attempt, job.attempt)
+        else:
+            updated = await self._db(self.store.apply_report, job.id, report, node=node.name,
+                                     lease_s=self.settings.lease_s, now=now)
+            if updated is not None and updated.state != job.state:
+                log.info("job %d is %s on %s", job.id, updated.state.value, node.name)
+
+    async def _requeue(self, job: Job, reason: str, now: datetime) -> None:
+        updated = await self._db(self.store.requeue, job.id, reason, node=job.node, attempt=job.attempt,
+                                 max_attempts=self.settings.max_attempts, now=now)
+        if updated is not None:
+            log.warning("job %d: %s → %s", job.id, reason, updated.state.value)
+
+    # -- 3. placement --------------------------------------------------------------------
+
+    async def _place(self) -> None:
+        queued = await self._db(self.store.queued_jobs)
+        if not queued:
+            return
+        nodes = await self._db(self.store.list_nodes)
+        storage = {n.name: n for n in nodes if n.role == NodeRole.storage}
+        views = {
+            n.name: NodeView(n.name, n.url, AgentStatus.model_validate(n.last_status))
+            for n in nodes
+            if n.role == NodeRole.gpu and n.state == NodeState.online and n.last_status
+            and self._reachable.get(n.name, "") is None
+        }
+        for job in await self._db(self.store.active_jobs):
+            if job.node in views:
+                views[job.node].jobs.append(job)
+        videos = await self._db(self.store.videos_of, [j.id for j in queued])
+        for job in queued:
+            now = self.clock()
+            sources = [storage.get(v.storage) for v in videos[job.id]]
+            missing = next((v.storage for v, s in zip(videos[job.id], sources)
+                            if s is None or s.state != NodeState.online), None)
+            if missing is not None:
+                await self._db(self.store.set_waiting, job.id, f"waiting: storage node {missing} is not online", now=now)
+                continue
+            view, why_not = choose_node(job, list(views.values()), self._last_placed)
+            if view is None:
+                await self._db(self.store.set_waiting, job.id, why_not, now=now)
+                continue
+            placed = await self._db(self.store.assign, job.id, attempt=job.attempt, node=view.name,
+                                    lease_s=self.settings.lease_s, now=now)
+            if placed is None:  # cancelled meanwhile
+                continue
+            view.jobs.append(placed)
+            self._last_placed = view.name
+            log.info("job %d (attempt %d, %s) placed on %s", job.id, job.attempt, job.backend, view.name)
+            await self._push(placed, view.name, view.url, now)
+
+    async def _push(self, job: Job, node: str, url: str, now: datetime) -> None:
+        """Send the job's spec to its node; a refused spec fails the job, a lost one is retried."""
+        videos = (await self._db(self.store.videos_of, [job.id]))[job.id]
+        storage = await self._db(self.store.nodes_by_name, [v.storage for v in videos])
+        gone = sorted({v.storage for v in videos} - set(storage))
+        if gone:
+            await self._db(self.store.fail, job.id, f"storage node {gone[0]} no longer exists",
+                           node=node, attempt=job.attempt, now=now)
+            return
+        spec = JobSpec(
+            job_id=job.id, attempt=job.attempt, backend=job.backend,
+            videos=[VideoSource(storage_url=storage[v.storage].url, path=v.path) for v in videos],
+            extract=ExtractParams(fps=job.fps, width=job.width, max_frames=job.max_frames),
+        )
+        try:
+            await self.agents.put_job(url, spec)
+        except AgentRequestError as exc:
+            log.error("node %s refused job %d: %s", node, job.id, exc.message)
+            await self._db(self.store.fail, job.id, f"{node} refused the job: {exc.message}",
+                           node=node, attempt=job.attempt, now=now)
+        except AgentError as exc:
+            await self._db(self.store.note, job.id, f"could not send the job to {node} yet: {exc.message}",
+                           node=node, attempt=job.attempt, now=now)
+
+    async def _try(self, call, what: str) -> None:
+        try:
+            await call
+        except AgentError as exc:
+            log.warning("%s failed: %s", what, exc.message)

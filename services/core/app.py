@@ -29,7 +29,7 @@ def create_app(settings: CoreSettings) -> FastAPI:
     """
     token = settings.resolved_token()
     store = Store(make_engine(settings.resolved_database_url()))
-    store.create_tables()
+    store.migrate()
     agents = AgentClient(token, poll_timeout_s=settings.poll_timeout_s,
                          request_timeout_s=settings.request_timeout_s)
     scheduler = Scheduler(store, agents, settings)

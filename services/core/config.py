@@ -36,6 +36,7 @@ class CoreSettings(ServiceSettings):
         description="a placed job whose agent stays silent this long is taken back and requeued",
     )
     max_attempts: int = Field(3, ge=1, le=100, description="placements of one job before it is failed")
+    jobs_per_gpu: int = Field(1, ge=1, le=16, description="gpu jobs placed on one GPU at once")
 
     def resolved_database_url(self) -> str:
         if self.database_url:

@@ -34,7 +34,7 @@ from shared.jobs import AgentJob, ExtractParams, JobSpec, JobState, VideoSource
 
 from services.core.agents import AgentClient, AgentError, AgentRequestError
 from services.core.config import CoreSettings
-from services.core.store import Job, Node, NodeRole, NodeState, Store, utcnow
+from services.core.store import Decision, Job, JobVideo, Node, NodeRole, NodeState, Store, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,10 @@ LINGBOT_BASE_MIB = 4096
 LINGBOT_PER_FRAME_MIB = 130
 LINGBOT_REFERENCE_WIDTH = 518
 LINGBOT_WINDOW_FRAMES = 48
+#: What a GPU job that allows it runs when it fits on no GPU.
+CPU_FALLBACK_BACKEND = "colmap"
+#: Queued jobs one placement round decides on (and locks) at most.
+PLACE_BATCH = 20_000
 
 
 def estimate_frames(durations_s: list[float | None], fps: float, max_frames: int | None) -> int | None:
@@ -78,6 +82,13 @@ def estimate_vram_mib(backend: str, frames: int | None, width: int | None) -> in
 
 
 @dataclass
+class Placement:
+    node: "NodeView"
+    gpu_index: int | None  # None for CPU backends
+    backend: str
+
+
+@dataclass
 class NodeView:
     """What placement knows of one online gpu node: its last status and the core's jobs on it."""
 
@@ -85,6 +96,7 @@ class NodeView:
     url: str
     status: AgentStatus
     jobs: list[Job] = field(default_factory=list)
+    draining: bool = False
 
     def device_of(self, backend: str) -> str | None:
         """'cpu' or 'gpu' if the node can run ``backend`` now, else None."""
@@ -92,49 +104,86 @@ class NodeView:
         return info.device if info else None
 
     def jobs_on(self, device: str) -> list[Job]:
-        return [j for j in self.jobs if (self.device_of(j.backend) or "cpu") == device]
+        return [j for j in self.jobs if (self.device_of(j.placed_backend) or "cpu") == device]
+
+    def jobs_on_gpu(self, index: int) -> list[Job]:
+        # Jobs placed before GPUs were tracked (gpu_index None) count against the first GPU.
+        return [j for j in self.jobs_on("gpu") if (j.gpu_index or 0) == index]
+
+    def gpu_free_mib(self, index: int) -> int:
+        """The GPU's reported free memory, less what jobs placed on it and not yet loaded will take.
+
+        Jobs already reconstructing are in the reported figure; those still assigned or
+        extracting are not, so the core subtracts its own estimate of them.
+        """
+        gpu = next(g for g in self.status.gpus if g.index == index)
+        pending = sum(estimate_vram_mib(j.placed_backend, j.frames_estimate, j.width)
+                      for j in self.jobs_on_gpu(index) if j.state in (JobState.assigned, JobState.extracting))
+        return gpu.memory_free_mib - pending
 
     def free_vram_mib(self) -> int:
-        """Largest free GPU memory, less what placed jobs not yet on the GPU will take."""
-        if not self.status.gpus:
-            return 0
-        pending = sum(
-            estimate_vram_mib(j.backend, j.frames_estimate, j.width)
-            for j in self.jobs_on("gpu") if j.state in (JobState.assigned, JobState.extracting)
-        )
-        return max(g.memory_free_mib for g in self.status.gpus) - pending
+        """Most free memory on any one GPU, as :meth:`gpu_free_mib` counts it."""
+        return max((self.gpu_free_mib(g.index) for g in self.status.gpus), default=0)
 
 
-def choose_node(job: Job, nodes: list[NodeView], last_placed: str | None = None) -> tuple[NodeView | None, str]:
-    """The node to run ``job`` on, or None and why not.
+def _fits(job: Job, backend: str, node: NodeView, jobs_per_gpu: int) -> list[tuple[int, int | None]]:
+    """(VRAM left after the job, GPU index) for each place on ``node`` the job fits."""
+    device = node.device_of(backend)
+    if device is None:
+        return []
+    if device == "cpu":
+        return [] if node.jobs_on("cpu") else [(0, None)]
+    need_mib = estimate_vram_mib(backend, job.frames_estimate, job.width)
+    places = []
+    for gpu in node.status.gpus:
+        if len(node.jobs_on_gpu(gpu.index)) >= jobs_per_gpu:
+            continue
+        left_mib = node.gpu_free_mib(gpu.index) - need_mib
+        if left_mib >= 0:
+            places.append((left_mib, gpu.index))
+    return places
 
-    CPU backends: one such job per node. GPU backends: one per GPU, enough free VRAM, best
-    fit (least VRAM left over). Then fewest jobs, then round robin after ``last_placed``.
+
+def choose_node(
+    job: Job, nodes: list[NodeView], last_placed: str | None = None, *, jobs_per_gpu: int = 1,
+    backend: str | None = None,
+) -> tuple[Placement | None, str]:
+    """Where to run ``job``, or None and why not.
+
+    CPU backends: one such job per node. GPU backends: ``jobs_per_gpu`` per GPU, with the
+    job's estimated VRAM free on that GPU; best fit (least VRAM left over). Then fewest
+    jobs on the node, then round robin after ``last_placed``. Draining nodes take nothing.
+    A GPU job that fits nowhere falls back to the CPU (colmap) if the job allows it.
     """
-    candidates: list[tuple[tuple, NodeView]] = []
-    need_mib = estimate_vram_mib(job.backend, job.frames_estimate, job.width)
-    offering = [n for n in nodes if n.device_of(job.backend)]
-    if not offering:
-        return None, f"waiting: no online gpu node offers the {job.backend} backend"
+    backend = backend or job.backend
+    offering = [n for n in nodes if n.device_of(backend) and not n.draining]
+    candidates: list[tuple[tuple, Placement]] = []
     for node in offering:
-        device = node.device_of(job.backend)
-        if device == "gpu":
-            if len(node.jobs_on("gpu")) >= len(node.status.gpus):
-                continue
-            left_mib = node.free_vram_mib() - need_mib
-            if left_mib < 0:
-                continue
-        else:
-            if node.jobs_on("cpu"):
-                continue
-            left_mib = 0
         rotation = 0 if last_placed is None or node.name > last_placed else 1
-        candidates.append(((left_mib, len(node.jobs), rotation, node.name), node))
-    if not candidates:
-        if job.backend == "lingbot":
-            return None, f"waiting: no online gpu node has a free GPU with {need_mib} MiB free"
-        return None, f"waiting: every node offering {job.backend} is busy"
-    return min(candidates, key=lambda c: c[0])[1], ""
+        for left_mib, gpu_index in _fits(job, backend, node, jobs_per_gpu):
+            candidates.append(((left_mib, len(node.jobs), rotation, node.name, gpu_index or 0),
+                               Placement(node, gpu_index, backend)))
+    if candidates:
+        return min(candidates, key=lambda c: c[0])[1], ""
+    if not offering:
+        why = f"waiting: no online gpu node offers the {backend} backend"
+    elif backend == "lingbot":
+        need_mib = estimate_vram_mib(backend, job.frames_estimate, job.width)
+        largest = max((g.memory_total_mib for n in offering for g in n.status.gpus), default=0)
+        if need_mib > largest:
+            why = (f"too large for every GPU: needs about {need_mib} MiB, the largest GPU has {largest} MiB; "
+                   "lower the width or max_frames, or allow the CPU fallback")
+        else:
+            why = f"waiting: no online gpu node has a free GPU with {need_mib} MiB free"
+    else:
+        why = f"waiting: every node offering {backend} is busy"
+    if job.cpu_fallback and backend != CPU_FALLBACK_BACKEND:
+        placement, cpu_why = choose_node(job, nodes, last_placed, jobs_per_gpu=jobs_per_gpu,
+                                         backend=CPU_FALLBACK_BACKEND)
+        if placement is not None:
+            return placement, f"{why.removeprefix('waiting: ')}; running {CPU_FALLBACK_BACKEND} on the CPU instead"
+        why = f"{why}; CPU fallback: {cpu_why.removeprefix('waiting: ')}"
+    return None, why
 
 
 class _Backoff:
@@ -174,13 +223,30 @@ class Scheduler:
         self._strangers: set[tuple[str, int]] = set()  # (node, job) runs we do not know, logged once
         self._tick_lock = asyncio.Lock()
 
+    async def reconcile(self) -> None:
+        """At core start: take up every unfinished job where its agent has it.
+
+        Leases are renewed first (the core was away, not the agents), then one tick polls
+        each agent: a job it still runs is followed from where it is, one it never got is
+        pushed again, an older attempt is replaced, a job it runs that the core moved or
+        ended is stopped. Nothing is placed twice: placement only takes queued jobs.
+        """
+        placed = await self._db(self.store.extend_leases, lease_s=self.settings.lease_s, now=self.clock())
+        log.info("reconciling %d placed job(s) with their agents", placed)
+        await self.tick()
+
     async def run_forever(self) -> None:
-        """Tick every ``tick_interval_s`` until cancelled; back off while ticks fail."""
+        """Reconcile, then tick every ``tick_interval_s`` until cancelled; back off while ticks fail."""
         failures = 0
+        reconciled = False
         while True:
             started = asyncio.get_running_loop().time()
             try:
-                await self.tick()
+                if not reconciled:
+                    await self.reconcile()
+                    reconciled = True
+                else:
+                    await self.tick()
                 failures, delay_s = 0, self.settings.tick_interval_s
             except asyncio.CancelledError:
                 raise
@@ -306,41 +372,48 @@ class Scheduler:
     # -- 3. placement --------------------------------------------------------------------
 
     async def _place(self) -> None:
-        queued = await self._db(self.store.queued_jobs)
-        if not queued:
+        placed = await self._db(self.store.place, self._plan, batch=PLACE_BATCH,
+                                lease_s=self.settings.lease_s, now=self.clock())
+        if not placed:
             return
-        nodes = await self._db(self.store.list_nodes)
-        storage = {n.name: n for n in nodes if n.role == NodeRole.storage}
+        urls = {n.name: n.url for n in await self._db(self.store.list_nodes, NodeRole.gpu)}
+        for job in placed:
+            log.info("job %d (attempt %d, %s) placed on %s", job.id, job.attempt, job.placed_backend, job.node)
+        await asyncio.gather(*(self._push(job, job.node, urls[job.node], self.clock()) for job in placed))
+
+    def _plan(self, queued: list[Job], videos: dict[int, list[JobVideo]], nodes: list[Node],
+              active: list[Job]) -> list[Decision]:
+        """Decide, in queue order, where each queued job goes (runs inside the claim transaction)."""
+        storage_online = {n.name for n in nodes if n.role == NodeRole.storage and n.state == NodeState.online}
         views = {
-            n.name: NodeView(n.name, n.url, AgentStatus.model_validate(n.last_status))
+            n.name: NodeView(n.name, n.url, AgentStatus.model_validate(n.last_status), draining=n.draining)
             for n in nodes
             if n.role == NodeRole.gpu and n.state == NodeState.online and n.last_status
             and self._reachable.get(n.name, "") is None
         }
-        for job in await self._db(self.store.active_jobs):
+        for job in active:
             if job.node in views:
                 views[job.node].jobs.append(job)
-        videos = await self._db(self.store.videos_of, [j.id for j in queued])
+        decisions = []
         for job in queued:
-            now = self.clock()
-            sources = [storage.get(v.storage) for v in videos[job.id]]
-            missing = next((v.storage for v, s in zip(videos[job.id], sources)
-                            if s is None or s.state != NodeState.online), None)
+            missing = next((v.storage for v in videos[job.id] if v.storage not in storage_online), None)
             if missing is not None:
-                await self._db(self.store.set_waiting, job.id, f"waiting: storage node {missing} is not online", now=now)
+                decisions.append(Decision(job.id, message=f"waiting: storage node {missing} is not online"))
                 continue
-            view, why_not = choose_node(job, list(views.values()), self._last_placed)
-            if view is None:
-                await self._db(self.store.set_waiting, job.id, why_not, now=now)
+            placement, why = choose_node(job, list(views.values()), self._last_placed,
+                                         jobs_per_gpu=self.settings.jobs_per_gpu)
+            if placement is None:
+                decisions.append(Decision(job.id, message=why))
                 continue
-            placed = await self._db(self.store.assign, job.id, attempt=job.attempt, node=view.name,
-                                    lease_s=self.settings.lease_s, now=now)
-            if placed is None:  # cancelled meanwhile
-                continue
-            view.jobs.append(placed)
-            self._last_placed = view.name
-            log.info("job %d (attempt %d, %s) placed on %s", job.id, job.attempt, job.backend, view.name)
-            await self._push(placed, view.name, view.url, now)
+            name = placement.node.name
+            decisions.append(Decision(job.id, node=name, gpu_index=placement.gpu_index, backend=placement.backend,
+                                      message=f"sent to {name}" + (f" ({why})" if why else "")))
+            # Count it at once, as it will be stored, so the next job sees the capacity it takes.
+            job.state, job.node, job.gpu_index, job.run_backend = JobState.assigned, name, placement.gpu_index, \
+                placement.backend
+            placement.node.jobs.append(job)
+            self._last_placed = name
+        return decisions
 
     async def _push(self, job: Job, node: str, url: str, now: datetime) -> None:
         """Send the job's spec to its node; a refused spec fails the job, a lost one is retried."""
@@ -352,7 +425,7 @@ class Scheduler:
                            node=node, attempt=job.attempt, now=now)
             return
         spec = JobSpec(
-            job_id=job.id, attempt=job.attempt, backend=job.backend,
+            job_id=job.id, attempt=job.attempt, backend=job.placed_backend,
             videos=[VideoSource(storage_url=storage[v.storage].url, path=v.path) for v in videos],
             extract=ExtractParams(fps=job.fps, width=job.width, max_frames=job.max_frames),
         )

@@ -1,117 +1,40 @@
-"""The core's database: tables, and every query and state change the API and scheduler make.
+"""The core's database: every query and state change the API and scheduler make.
 
 Each :class:`Store` method is one short transaction. Job transitions are compare-and-set
 (the job must still be where the caller saw it: same state family, node and attempt), so
-the scheduler and the API never overwrite each other's decisions. Portable SQL only, so the
-same code runs on SQLite (the embedded default, WAL mode) and PostgreSQL.
+the scheduler, the API and other core processes never overwrite each other's decisions.
+Every change of a job's state, node or attempt, and of a node's state, is also written to
+the ``events`` table in the same transaction: the job history and the live event stream.
+
+Placement (:meth:`Store.place`) is the one place that claims work: it locks the gpu node
+rows, then the queued jobs it will decide on with ``FOR UPDATE SKIP LOCKED``, so several
+core processes on one PostgreSQL database never place a job twice nor over-commit a GPU.
+SQLite ignores ``FOR UPDATE``: with SQLite run one core process.
 """
 
 from __future__ import annotations
 
-import enum
-from datetime import datetime, timedelta, timezone
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Field, Session, SQLModel, col, func, select
+from sqlmodel import Session, col, func, or_, select
 
 from shared.errors import Conflict, NotFound
 from shared.jobs import AgentJob, JobState
+
+from services.core import migrate
+from services.core.tables import (Event, Job, JobVideo, Node, NodeRole, NodeState, Stitch,  # noqa: F401
+                                  UtcDateTime, utcnow)
 
 ACTIVE_STATES = (JobState.assigned, JobState.extracting, JobState.reconstructing)
 OPEN_STATES = (JobState.queued, *ACTIVE_STATES)
 WAITING_SEPARATOR = " — "  # between why a job was requeued and why it still waits
 _ANY: Any = object()  # "do not check this" in compare-and-set transitions
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-class NodeRole(str, enum.Enum):
-    gpu = "gpu"
-    storage = "storage"
-
-
-class NodeState(str, enum.Enum):
-    unknown = "unknown"  # added, not polled yet
-    online = "online"
-    offline = "offline"
-
-
-class UtcDateTime(sa.TypeDecorator):
-    """Timezone-aware UTC datetimes on every database (SQLite has no time zones)."""
-
-    impl = sa.DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise ValueError("naive datetime given to the store; use store.utcnow()")
-        value = value.astimezone(timezone.utc)
-        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
-
-    def process_result_value(self, value: datetime | None, dialect) -> datetime | None:
-        if value is None:
-            return None
-        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
-
-
-def _enum(cls: type[enum.Enum]) -> sa.Enum:
-    # VARCHAR rather than a PostgreSQL ENUM type: adding a state needs no migration.
-    return sa.Enum(cls, native_enum=False, length=16, values_callable=lambda e: [m.value for m in e])
-
-
-class Node(SQLModel, table=True):
-    __tablename__ = "nodes"
-
-    id: int | None = Field(default=None, primary_key=True)
-    name: str = Field(max_length=64, unique=True)
-    role: NodeRole = Field(sa_type=_enum(NodeRole))
-    url: str = Field(max_length=2048)
-    state: NodeState = Field(default=NodeState.unknown, sa_type=_enum(NodeState))
-    last_seen: datetime | None = Field(default=None, sa_type=UtcDateTime)
-    last_error: str | None = Field(default=None, sa_type=sa.Text)
-    last_status: dict[str, Any] | None = Field(default=None, sa_type=sa.JSON)
-    created_at: datetime = Field(sa_type=UtcDateTime)
-
-
-class Job(SQLModel, table=True):
-    __tablename__ = "jobs"
-
-    id: int | None = Field(default=None, primary_key=True)
-    state: JobState = Field(default=JobState.queued, sa_type=_enum(JobState), index=True)
-    stage: str = Field(default="", max_length=64)
-    progress: float = 0.0
-    message: str = Field(default="", sa_type=sa.Text)
-    error: str | None = Field(default=None, sa_type=sa.Text)
-    node: str | None = Field(default=None, max_length=64, index=True)
-    attempt: int = 1
-    backend: str = Field(max_length=16)
-    fps: float
-    width: int | None = None
-    max_frames: int | None = None
-    frames_estimate: int | None = None
-    created_at: datetime = Field(sa_type=UtcDateTime)
-    updated_at: datetime = Field(sa_type=UtcDateTime)
-    started_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
-    finished_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
-    lease_expires_at: datetime | None = Field(default=None, sa_type=UtcDateTime)
-    files: list[str] = Field(default_factory=list, sa_type=sa.JSON)
-
-
-class JobVideo(SQLModel, table=True):
-    __tablename__ = "job_videos"
-
-    job_id: int = Field(foreign_key="jobs.id", primary_key=True)
-    position: int = Field(primary_key=True)
-    storage: str = Field(max_length=64)
-    path: str = Field(sa_type=sa.Text)
 
 
 def make_engine(url: str) -> Engine:
@@ -137,30 +60,85 @@ def make_engine(url: str) -> Engine:
     return engine
 
 
+@dataclass
+class Decision:
+    """What placement decided for one queued job: a node (and GPU, backend), or why it waits."""
+
+    job_id: int
+    node: str | None = None
+    gpu_index: int | None = None
+    backend: str | None = None
+    message: str = ""
+
+
+#: plan(queued jobs in queue order, their videos, every node, active jobs) -> decisions
+Planner = Callable[[list[Job], dict[int, list[JobVideo]], list[Node], list[Job]], list[Decision]]
+
+
+def _job_event(job: Job, now: datetime) -> Event:
+    text = job.error if job.state == JobState.failed and job.error else job.message
+    return Event(at=now, kind="job", job_id=job.id, node=job.node, state=job.state.value,
+                 attempt=job.attempt, message=text)
+
+
+def _node_event(node: Node, now: datetime, message: str = "", state: str | None = None) -> Event:
+    return Event(at=now, kind="node", node=node.name, state=state or node.shown_state.value,
+                 message=message or (node.last_error or ""))
+
+
 class Store:
     def __init__(self, engine: Engine):
         self.engine = engine
 
-    def create_tables(self) -> None:
-        SQLModel.metadata.create_all(self.engine, tables=[t.__table__ for t in (Node, Job, JobVideo)])
+    def migrate(self) -> tuple[str | None, str]:
+        """Bring the schema to the newest revision (see :mod:`services.core.migrate`)."""
+        return migrate.upgrade(self.engine)
+
+    create_tables = migrate  # the name the skeleton used
 
     def session(self) -> Session:
         return Session(self.engine, expire_on_commit=False)
 
     # -- nodes -------------------------------------------------------------------------
 
-    def add_node(self, *, name: str, role: NodeRole, url: str, now: datetime | None = None) -> Node:
-        node = Node(name=name, role=role, url=url, created_at=now or utcnow())
+    def add_node(self, *, name: str, role: NodeRole, url: str, now: datetime | None = None,
+                 announced: bool = False) -> Node:
+        now = now or utcnow()
+        node = Node(name=name, role=role, url=url, created_at=now, announced=announced)
+        taken = f"a node named {name!r} already exists; remove it first to change it"
         with self.session() as session:
             if session.exec(select(Node.id).where(Node.name == name)).first() is not None:
-                raise Conflict(f"a node named {name!r} already exists; remove it first to change it")
+                raise Conflict(taken)
             session.add(node)
+            session.add(_node_event(node, now, f"added as a {role.value} node at {url}"))
             try:
                 session.commit()
             except IntegrityError:
-                raise Conflict(f"a node named {name!r} already exists; remove it first to change it") from None
+                raise Conflict(taken) from None
             session.refresh(node)
         return node
+
+    def announce_node(self, *, name: str, role: NodeRole, url: str, now: datetime | None = None) -> tuple[Node, bool]:
+        """Add the node, or update its URL if it announced itself before; (node, created)."""
+        now = now or utcnow()
+        with self.session() as session:
+            node = session.exec(select(Node).where(Node.name == name).with_for_update()).first()
+            if node is None:
+                session.rollback()
+                try:
+                    return self.add_node(name=name, role=role, url=url, now=now, announced=True), True
+                except Conflict:  # another announce won the race: update that one
+                    return self.announce_node(name=name, role=role, url=url, now=now)
+            if node.role != role:
+                raise Conflict(f"node {name!r} is registered as a {node.role.value} node, not {role.value}")
+            if node.url != url:
+                session.add(_node_event(node, now, f"announced a new URL {url} (was {node.url})"))
+                node.url = url
+            node.announced = True
+            session.add(node)
+            session.commit()
+            session.refresh(node)
+            return node, False
 
     def list_nodes(self, role: NodeRole | None = None) -> list[Node]:
         query = select(Node).order_by(Node.name)
@@ -180,8 +158,28 @@ class Store:
             raise NotFound(f"no node named {name!r}")
         return node
 
-    def remove_node(self, name: str) -> None:
-        """Delete a node that no open job depends on."""
+    def set_draining(self, name: str, draining: bool, *, now: datetime | None = None) -> Node:
+        now = now or utcnow()
+        with self.session() as session:
+            node = session.exec(select(Node).where(Node.name == name).with_for_update()).first()
+            if node is None:
+                raise NotFound(f"no node named {name!r}")
+            if node.draining != draining:
+                node.draining = draining
+                session.add(node)
+                text = "draining: finishes its jobs, gets no new ones" if draining else "accepting new jobs again"
+                session.add(_node_event(node, now, text, state="draining" if draining else node.state.value))
+                session.commit()
+                session.refresh(node)
+            return node
+
+    def remove_node(self, name: str, *, force: bool = False, now: datetime | None = None) -> list[int]:
+        """Delete a node; refused while open jobs depend on it unless ``force``.
+
+        Forced: jobs placed on a gpu node are requeued by the next tick (their node is
+        gone); open jobs reading from a storage node fail. Returns the ids of those jobs.
+        """
+        now = now or utcnow()
         with self.session() as session:
             node = session.exec(select(Node).where(Node.name == name).with_for_update()).first()
             if node is None:
@@ -192,11 +190,21 @@ class Store:
                 users = (select(Job.id).join(JobVideo, col(JobVideo.job_id) == col(Job.id))
                          .where(JobVideo.storage == name, col(Job.state).in_(OPEN_STATES)).distinct())
             ids = sorted(session.exec(users).all())
-            if ids:
+            if ids and not force:
                 listed = ", ".join(str(i) for i in ids[:10]) + (" …" if len(ids) > 10 else "")
-                raise Conflict(f"node {name!r} is in use by open jobs ({listed}); cancel them or wait")
+                raise Conflict(f"node {name!r} is in use by open jobs ({listed}); cancel them, "
+                               "drain the node and wait, or remove it with force")
+            if ids and node.role == NodeRole.storage:
+                for job in session.exec(select(Job).where(col(Job.id).in_(ids)).with_for_update()).all():
+                    job.state, job.finished_at, job.lease_expires_at = JobState.failed, now, None
+                    job.error = f"storage node {name} was removed while the job needed it"
+                    job.updated_at = now
+                    session.add(job)
+                    session.add(_job_event(job, now))
+            session.add(_node_event(node, now, "removed" + (" (forced)" if force and ids else ""), state="removed"))
             session.delete(node)
             session.commit()
+        return ids
 
     def open_job_counts(self) -> dict[str, int]:
         """Per node: unfinished jobs placed on it (gpu) or reading from it (storage)."""
@@ -220,13 +228,18 @@ class Store:
             node = session.exec(select(Node).where(Node.name == name)).first()
             if node is None:  # removed while we polled it
                 return
+            was = node.state
             if error is None:
-                node.state, node.last_seen, node.last_error = NodeState.online, now, None
+                node.state, node.last_seen, node.last_error, node.offline_since = NodeState.online, now, None, None
                 if status is not None:
                     node.last_status = status
             else:
+                if node.state != NodeState.offline:
+                    node.offline_since = now
                 node.state, node.last_error = NodeState.offline, error
             session.add(node)
+            if node.state != was:
+                session.add(_node_event(node, now))
             session.commit()
 
     # -- jobs: reads ---------------------------------------------------------------------
@@ -239,21 +252,37 @@ class Store:
         return job
 
     def list_jobs(
-        self, *, states: Iterable[JobState] | None = None, limit: int = 100, offset: int = 0
+        self, *, states: Iterable[JobState] | None = None, node: str | None = None, text: str | None = None,
+        before_id: int | None = None, limit: int = 100, offset: int = 0,
     ) -> tuple[list[Job], int]:
-        """A page of jobs, newest first, and how many match in all."""
-        where = [col(Job.state).in_(list(states))] if states else []
+        """A page of jobs, newest first, and how many match the filters in all.
+
+        ``text`` matches the message, error or recording (case-insensitive) or any video
+        path; ``before_id`` is the cursor: only jobs older than that id.
+        """
+        where = []
+        if states:
+            where.append(col(Job.state).in_(list(states)))
+        if node:
+            where.append(Job.node == node)
+        if text:
+            pattern = f"%{text.lower()}%"
+            in_videos = select(JobVideo.job_id).where(func.lower(JobVideo.path).like(pattern))
+            where.append(or_(func.lower(Job.message).like(pattern), func.lower(Job.error).like(pattern),
+                             func.lower(Job.recording).like(pattern), col(Job.id).in_(in_videos)))
+        page = [*where, Job.id < before_id] if before_id is not None else where
         with self.session() as session:
             total = session.exec(select(func.count()).select_from(Job).where(*where)).one()
             rows = session.exec(
-                select(Job).where(*where).order_by(col(Job.id).desc()).offset(offset).limit(limit)
+                select(Job).where(*page).order_by(col(Job.id).desc()).offset(offset).limit(limit)
             ).all()
         return list(rows), int(total)
 
     def queued_jobs(self) -> list[Job]:
+        """Queued jobs in the order placement takes them: priority, then oldest first."""
         with self.session() as session:
             return list(session.exec(
-                select(Job).where(Job.state == JobState.queued).order_by(col(Job.id))
+                select(Job).where(Job.state == JobState.queued).order_by(col(Job.priority).desc(), col(Job.id))
             ).all())
 
     def active_jobs(self) -> list[Job]:
@@ -269,18 +298,22 @@ class Store:
         return {job.id: job for job in rows}
 
     def videos_of(self, job_ids: Iterable[int]) -> dict[int, list[JobVideo]]:
-        ids = list(set(job_ids))
-        found: dict[int, list[JobVideo]] = {i: [] for i in ids}
-        if not ids:
-            return found
         with self.session() as session:
-            rows = session.exec(
-                select(JobVideo).where(col(JobVideo.job_id).in_(ids))
-                .order_by(col(JobVideo.job_id), col(JobVideo.position))
-            ).all()
-        for row in rows:
-            found[row.job_id].append(row)
-        return found
+            return _videos_of(session, job_ids)
+
+    def job_events(self, job_id: int) -> list[Event]:
+        with self.session() as session:
+            return list(session.exec(select(Event).where(Event.job_id == job_id).order_by(col(Event.id))).all())
+
+    def events_after(self, after_id: int, limit: int = 500) -> list[Event]:
+        with self.session() as session:
+            return list(session.exec(
+                select(Event).where(col(Event.id) > after_id).order_by(col(Event.id)).limit(limit)
+            ).all())
+
+    def last_event_id(self) -> int:
+        with self.session() as session:
+            return int(session.exec(select(func.coalesce(func.max(Event.id), 0))).one())
 
     # -- jobs: changes -------------------------------------------------------------------
 
@@ -293,17 +326,22 @@ class Store:
         width: int | None,
         max_frames: int | None,
         frames_estimate: int | None = None,
+        priority: int = 0,
+        cpu_fallback: bool = False,
+        recording: str | None = None,
         now: datetime | None = None,
     ) -> Job:
         """A queued job reading ``videos`` (``(storage node, path)`` in order)."""
         now = now or utcnow()
-        job = Job(backend=backend, fps=fps, width=width, max_frames=max_frames,
-                  frames_estimate=frames_estimate, created_at=now, updated_at=now, message="waiting for a node")
+        job = Job(backend=backend, fps=fps, width=width, max_frames=max_frames, frames_estimate=frames_estimate,
+                  priority=priority, cpu_fallback=cpu_fallback, recording=recording,
+                  created_at=now, updated_at=now, message="waiting for a node")
         with self.session() as session:
             session.add(job)
             session.flush()
             for position, (storage, path) in enumerate(videos):
                 session.add(JobVideo(job_id=job.id, position=position, storage=storage, path=path))
+            session.add(_job_event(job, now))
             session.commit()
             session.refresh(job)
         return job
@@ -320,16 +358,61 @@ class Store:
                 return None
             if (node is not _ANY and job.node != node) or (attempt is not _ANY and job.attempt != attempt):
                 return None
+            before = (job.state, job.node, job.attempt)
             change(job)
             job.updated_at = now
             session.add(job)
+            if (job.state, job.node, job.attempt) != before:
+                session.add(_job_event(job, now))
             session.commit()
             session.refresh(job)
             return job
 
-    def assign(self, job_id: int, *, attempt: int, node: str, lease_s: float, now: datetime) -> Job | None:
+    def place(self, plan: Planner, *, batch: int, lease_s: float, now: datetime) -> list[Job]:
+        """Claim up to ``batch`` queued jobs, let ``plan`` decide, apply; the jobs placed.
+
+        In one transaction: lock the gpu node rows (placement on them is serialized across
+        core processes, so capacity is counted once), then the queued jobs no one else holds
+        (``SKIP LOCKED``), read the active jobs fresh, and write the decisions.
+        """
+        with self.session() as session:
+            nodes = list(session.exec(select(Node).order_by(Node.name).with_for_update(of=Node)).all())
+            queued = list(session.exec(
+                select(Job).where(Job.state == JobState.queued)
+                .order_by(col(Job.priority).desc(), col(Job.id)).limit(batch)
+                .with_for_update(skip_locked=True)
+            ).all())
+            if not queued:
+                session.rollback()
+                return []
+            active = list(session.exec(select(Job).where(col(Job.state).in_(ACTIVE_STATES))).all())
+            videos = _videos_of(session, [j.id for j in queued])
+            by_id = {j.id: j for j in queued}
+            placed = []
+            for decision in plan(queued, videos, nodes, active):
+                job = by_id[decision.job_id]
+                if decision.node is None:
+                    message = _waiting_message(job, decision.message)
+                    if message != job.message:  # most ticks change nothing: do not write
+                        job.message, job.updated_at = message, now
+                        session.add(job)
+                    continue
+                job.state, job.node, job.gpu_index, job.run_backend = (
+                    JobState.assigned, decision.node, decision.gpu_index, decision.backend)
+                job.stage, job.progress, job.error, job.files = "", 0.0, None, []
+                job.message = decision.message or f"sent to {decision.node}"
+                job.lease_expires_at, job.updated_at = now + timedelta(seconds=lease_s), now
+                session.add(job)
+                session.add(_job_event(job, now))
+                placed.append(job)
+            session.commit()
+            return placed
+
+    def assign(self, job_id: int, *, attempt: int, node: str, lease_s: float, now: datetime,
+               gpu_index: int | None = None, backend: str | None = None) -> Job | None:
         def change(job: Job) -> None:
             job.state, job.node, job.stage, job.progress = JobState.assigned, node, "", 0.0
+            job.gpu_index, job.run_backend = gpu_index, backend
             job.message, job.error, job.files = f"sent to {node}", None, []
             job.lease_expires_at = now + timedelta(seconds=lease_s)
 
@@ -340,9 +423,8 @@ class Store:
         job = self.jobs_by_id([job_id]).get(job_id)
         if job is None or job.state != JobState.queued:
             return
-        requeued = job.message.split(WAITING_SEPARATOR)[0] if job.attempt > 1 else ""
-        message = f"{requeued}{WAITING_SEPARATOR}{reason}" if requeued else reason
-        if message != job.message:  # most ticks change nothing: do not write
+        message = _waiting_message(job, reason)
+        if message != job.message:
             def change(job: Job) -> None:
                 job.message = message
 
@@ -378,19 +460,34 @@ class Store:
 
         return self._change(job_id, ACTIVE_STATES, change, node=node, attempt=attempt, now=now)
 
+    def extend_leases(self, *, lease_s: float, now: datetime) -> int:
+        """Give every placed job a full lease from ``now``: after a core restart the core was
+        silent, not the agents. Returns how many jobs were placed."""
+        until = now + timedelta(seconds=lease_s)
+        with self.session() as session:
+            jobs = session.exec(select(Job).where(col(Job.state).in_(ACTIVE_STATES)).with_for_update()).all()
+            for job in jobs:
+                if job.lease_expires_at is None or job.lease_expires_at < until:
+                    job.lease_expires_at = until
+                    session.add(job)
+            session.commit()
+            return len(jobs)
+
     def requeue(
         self, job_id: int, reason: str, *, node: str, attempt: int, max_attempts: int, now: datetime
     ) -> Job | None:
         """Take the job back from ``node``: queued again as attempt+1, or failed at the limit."""
         def change(job: Job) -> None:
-            if job.attempt >= max_attempts:
+            made = job.attempt - job.retry_base
+            if made >= max_attempts:
                 job.state, job.finished_at = JobState.failed, now
-                job.error = f"{reason}; gave up after {job.attempt} attempts"
+                job.error = f"{reason}; gave up after {made} attempts"
                 job.message = ""
             else:
                 job.attempt += 1
                 job.state, job.node, job.stage, job.progress, job.files = JobState.queued, None, "", 0.0, []
-                job.message = f"{reason}; requeued as attempt {job.attempt} of {max_attempts}"
+                job.gpu_index, job.run_backend = None, None
+                job.message = f"{reason}; requeued as attempt {made + 1} of {max_attempts}"
                 job.error = None
             job.lease_expires_at = None
 
@@ -416,3 +513,58 @@ class Store:
         if self._change(job_id, OPEN_STATES, change, node=before.node, attempt=before.attempt, now=now) is None:
             raise Conflict(f"job {job_id} changed while it was being cancelled; try again")
         return before
+
+    def retry(self, job_id: int, *, now: datetime | None = None) -> Job:
+        """Queue a failed or cancelled job again as a new attempt; its history stays."""
+        now = now or utcnow()
+        before = self.get_job(job_id)
+        if before.state not in (JobState.failed, JobState.cancelled):
+            raise Conflict(f"job {job_id} is {before.state.value}; only failed or cancelled jobs can be retried")
+
+        def change(job: Job) -> None:
+            job.retry_base = job.attempt
+            job.attempt += 1
+            job.state, job.node, job.stage, job.progress, job.files = JobState.queued, None, "", 0.0, []
+            job.gpu_index, job.run_backend, job.lease_expires_at = None, None, None
+            job.error, job.finished_at, job.started_at = None, None, None
+            job.message = f"retried by request (was {before.state.value})"
+
+        job = self._change(job_id, [before.state], change, attempt=before.attempt, now=now)
+        if job is None:
+            raise Conflict(f"job {job_id} changed while it was being retried; try again")
+        return job
+
+    def delete_job(self, job_id: int, *, now: datetime | None = None) -> Job:
+        """Delete a finished job, its videos and history; returns it as it was."""
+        now = now or utcnow()
+        with self.session() as session:
+            job = session.exec(select(Job).where(Job.id == job_id).with_for_update()).first()
+            if job is None:
+                raise NotFound(f"no job {job_id}")
+            if not job.state.final:
+                raise Conflict(f"job {job_id} is {job.state.value}; cancel it before deleting it")
+            session.exec(sa.delete(JobVideo).where(col(JobVideo.job_id) == job_id))
+            session.exec(sa.delete(Event).where(col(Event.job_id) == job_id))
+            session.delete(job)
+            session.add(Event(at=now, kind="job", job_id=job_id, node=job.node, state="deleted",
+                              attempt=job.attempt, message="deleted by request"))
+            session.commit()
+        return job
+
+
+def _videos_of(session: Session, job_ids: Iterable[int]) -> dict[int, list[JobVideo]]:
+    ids = list(set(job_ids))
+    found: dict[int, list[JobVideo]] = {i: [] for i in ids}
+    for start in range(0, len(ids), 5000):  # stay under the databases' bound-parameter limits
+        rows = session.exec(
+            select(JobVideo).where(col(JobVideo.job_id).in_(ids[start:start + 5000]))
+            .order_by(col(JobVideo.job_id), col(JobVideo.position))
+        ).all()
+        for row in rows:
+            found[row.job_id].append(row)
+    return found
+
+
+def _waiting_message(job: Job, reason: str) -> str:
+    requeued = job.message.split(WAITING_SEPARATOR)[0] if job.attempt > job.retry_base + 1 else ""
+    return f"{requeued}{WAITING_SEPARATOR}{reason}" if requeued else reason

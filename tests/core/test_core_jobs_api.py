@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from core_db import db, pg_cluster, pytest_generate_tests  # noqa: F401
 from core_fakes import (AUTH, FakeStorageAgent, add_node, anyio_backend, core_settings,  # noqa: F401
                         running_core, submit, video)
 

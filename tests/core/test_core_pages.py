@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from core_db import db, pg_cluster, pytest_generate_tests  # noqa: F401
 from core_fakes import AUTH, anyio_backend, core_settings, running_core  # noqa: F401
 from shared.jobs import AgentJob, JobSpec, JobState, VideoSource
 from services.core.store import utcnow

@@ -8,6 +8,8 @@ from services.core.scheduler import NodeView, choose_node, estimate_frames, esti
 from services.core.store import Job, utcnow
 
 
+
+
 def job(backend: str = "colmap", frames: int | None = 48, width: int | None = 518, state=JobState.queued) -> Job:
     now = utcnow()
     return Job(id=1, backend=backend, fps=2, width=width, frames_estimate=frames, state=state,
@@ -38,28 +40,61 @@ def test_frame_estimate():
 
 def test_ties_rotate_round_robin():
     nodes = [view("a"), view("b"), view("c")]
-    assert choose_node(job(), nodes)[0].name == "a"
-    assert choose_node(job(), nodes, last_placed="a")[0].name == "b"
-    assert choose_node(job(), nodes, last_placed="c")[0].name == "a"
+    assert choose_node(job(), nodes)[0].node.name == "a"
+    assert choose_node(job(), nodes, last_placed="a")[0].node.name == "b"
+    assert choose_node(job(), nodes, last_placed="c")[0].node.name == "a"
 
 
 def test_fewest_jobs_before_round_robin_and_one_cpu_job_per_node():
     gpu_job = job("lingbot", state=JobState.reconstructing)
     nodes = [view("a", [20000], ("colmap", "lingbot"), jobs=[gpu_job]), view("b", [20000], ("colmap", "lingbot"))]
-    assert choose_node(job(), nodes, last_placed="a")[0].name == "b"
-    assert choose_node(job(), nodes, last_placed="b")[0].name == "b"  # fewer jobs beats rotation
+    assert choose_node(job(), nodes, last_placed="a")[0].node.name == "b"
+    assert choose_node(job(), nodes, last_placed="b")[0].node.name == "b"  # fewer jobs beats rotation
     busy = [view("a", jobs=[job(state=JobState.extracting)])]
     node, why = choose_node(job(), busy)
     assert node is None and "busy" in why
 
 
 def test_gpu_jobs_need_a_free_gpu_and_memory_not_yet_promised():
-    pending = job("lingbot", state=JobState.extracting)  # placed, not yet on the GPU: its VRAM is promised
+    need = estimate_vram_mib("lingbot", 48, 518)
+    pending = job("lingbot", state=JobState.extracting)  # placed on GPU 0, not yet loaded: its VRAM is promised
     two_gpus = view("a", [20000, 12000], ("lingbot",), jobs=[pending])
-    assert two_gpus.free_vram_mib() == 20000 - estimate_vram_mib("lingbot", 48, 518)
-    assert choose_node(job("lingbot"), [two_gpus])[0] is None  # 20000 - 10336 left < 10336 needed
-    assert choose_node(job("lingbot", frames=10), [two_gpus])[0].name == "a"
+    assert two_gpus.gpu_free_mib(0) == 20000 - need and two_gpus.gpu_free_mib(1) == 12000
+    placement, _ = choose_node(job("lingbot"), [two_gpus])
+    assert (placement.node.name, placement.gpu_index) == ("a", 1)  # GPU 0 already holds one
+    assert choose_node(job("lingbot"), [two_gpus], jobs_per_gpu=2)[0].gpu_index == 1  # best fit: 12000 left
+    assert choose_node(job("lingbot"), [view("b", [need - 1], ("lingbot",))])[0] is None  # one MiB short
     full = view("b", [20000], ("lingbot",), jobs=[job("lingbot", state=JobState.reconstructing)])
     assert choose_node(job("lingbot"), [full])[0] is None  # one reconstruction per GPU
     node, why = choose_node(job("lingbot"), [view("c")])
     assert node is None and "offers the lingbot backend" in why
+
+
+def test_best_fit_picks_the_smallest_sufficient_gpu_across_nodes():
+    nodes = [view("big", [22000], ("lingbot",)), view("small", [11000], ("lingbot",)),
+             view("tiny", [6000], ("lingbot",))]
+    assert choose_node(job("lingbot"), nodes)[0].node.name == "small"
+    assert choose_node(job("lingbot", frames=4), nodes)[0].node.name == "tiny"
+    assert choose_node(job("lingbot", width=700), nodes)[0].node.name == "big"  # ≈ 15.5 GB
+
+
+def test_a_job_too_large_for_every_gpu_says_so_and_falls_back_only_if_allowed():
+    nodes = [view("g", [22000], ("colmap", "lingbot"))]
+    huge = job("lingbot", width=1920)
+    placement, why = choose_node(huge, nodes)
+    assert placement is None and "too large for every GPU" in why and "24576 MiB" in why
+    huge.cpu_fallback = True
+    placement, why = choose_node(huge, nodes)
+    assert (placement.node.name, placement.backend, placement.gpu_index) == ("g", "colmap", None)
+    assert "running colmap on the CPU instead" in why
+    busy = [view("g", [22000], ("colmap", "lingbot"), jobs=[job(state=JobState.extracting)])]
+    placement, why = choose_node(huge, busy)
+    assert placement is None and "CPU fallback: every node offering colmap is busy" in why
+
+
+def test_draining_nodes_get_no_new_jobs():
+    a, b = view("a"), view("b")
+    a.draining = True
+    assert choose_node(job(), [a, b])[0].node.name == "b"
+    b.draining = True
+    assert choose_node(job(), [a, b])[0] is None

@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 
+from core_db import db, pg_cluster, pytest_generate_tests  # noqa: F401
 from core_fakes import (AUTH, FakeClock, FakeGpuAgent, FakeStorageAgent, add_node, anyio_backend,  # noqa: F401
                         core_settings, running_core, submit, video)
 from shared.jobs import JobState
@@ -62,7 +63,7 @@ async def test_lingbot_jobs_go_to_the_best_fitting_gpu_and_carry_their_spec(tmp_
         assert (await job_of(client, second["id"]))["node"] == "big"
         waiting = await job_of(client, too_big["id"])
         assert waiting["state"] == "queued" and waiting["node"] is None
-        assert "MiB free" in waiting["message"]
+        assert "too large for every GPU" in waiting["message"]
         assert cpu.puts == []
 
         spec = small.puts[0]

@@ -6,6 +6,7 @@ from datetime import timedelta
 
 import pytest
 import sqlalchemy as sa
+from core_db import db, pg_cluster, pytest_generate_tests  # noqa: F401
 
 from shared.errors import Conflict, NotFound
 from shared.jobs import AgentJob, JobSpec, JobState, VideoSource
@@ -13,9 +14,14 @@ from services.core.store import NodeRole, NodeState, Store, make_engine, utcnow
 
 
 @pytest.fixture
-def store(tmp_path):
-    store = Store(make_engine(f"sqlite:///{tmp_path / 'nested' / 'core.db'}"))
-    store.create_tables()
+def url(db, tmp_path) -> str:
+    return db or f"sqlite:///{tmp_path / 'nested' / 'core.db'}"
+
+
+@pytest.fixture
+def store(url):
+    store = Store(make_engine(url))
+    store.migrate()
     yield store
     store.engine.dispose()
 
@@ -28,16 +34,20 @@ def report(job_id: int, state: JobState, stage: str, progress: float, attempt: i
 
 
 def test_sqlite_runs_in_wal_mode_with_foreign_keys(store):
+    if store.engine.dialect.name != "sqlite":
+        pytest.skip("SQLite only")
     with store.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
 
 
-def test_a_job_round_trips_with_its_videos_in_order_and_aware_timestamps(store, tmp_path):
+def test_a_job_round_trips_with_its_videos_in_order_and_aware_timestamps(store, url):
     videos = [("st", "GX010042.MP4"), ("st", "GX020042.MP4"), ("nas", "dir/é.mov")]
     job = store.create_job(videos=videos, backend="lingbot", fps=2.5, width=None, max_frames=300,
                            frames_estimate=900)
-    again = Store(make_engine(f"sqlite:///{tmp_path / 'nested' / 'core.db'}")).get_job(job.id)
+    other = Store(make_engine(url))
+    again = other.get_job(job.id)
+    other.engine.dispose()
     assert (again.state, again.backend, again.fps, again.width, again.max_frames, again.frames_estimate) == (
         JobState.queued, "lingbot", 2.5, None, 300, 900)
     assert again.created_at == job.created_at and again.created_at.utcoffset() == timedelta(0)

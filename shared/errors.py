@@ -4,7 +4,9 @@ Exception tree::
 
     ApiError                 carries an HTTP status, a machine code and a sentence
      ├── NotFound            404
+     ├── Forbidden           403
      ├── Conflict            409
+     ├── Unavailable         503
      └── BadRequest          400 / 422
 """
 
@@ -52,6 +54,16 @@ class NotFound(ApiError):
 class Conflict(ApiError):
     status_code = 409
     code = "conflict"
+
+
+class Forbidden(ApiError):
+    status_code = 403
+    code = "forbidden"
+
+
+class Unavailable(ApiError):
+    status_code = 503
+    code = "unavailable"
 
 
 class BadRequest(ApiError):

@@ -74,16 +74,27 @@ class Supervised:
 
     async def terminate(self, grace_s: float = 5.0) -> int:
         """SIGTERM to the whole group, SIGKILL after ``grace_s``; returns the exit code."""
-        if self.proc.returncode is None:
-            self._signal_group(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(self.proc.wait(), grace_s)
-            except asyncio.TimeoutError:
-                self._signal_group(signal.SIGKILL)
-        rc = await self.proc.wait()
+        # Process.wait() also waits for the pipes to close: with nobody reading stdout any
+        # more (a client went away) it would wait forever, so drain it while stopping.
+        drain = asyncio.ensure_future(self._discard_stdout())
+        try:
+            if self.proc.returncode is None:
+                self._signal_group(signal.SIGTERM)
+                try:
+                    await asyncio.wait_for(self.proc.wait(), grace_s)
+                except asyncio.TimeoutError:
+                    self._signal_group(signal.SIGKILL)
+            rc = await self.proc.wait()
+        finally:
+            drain.cancel()
         # Grandchildren may outlive the leader; the group must not.
         self._signal_group(signal.SIGKILL)
         return rc
+
+    async def _discard_stdout(self) -> None:
+        with contextlib.suppress(RuntimeError):  # another reader is draining it already
+            while await self.stdout.read(1 << 16):
+                pass
 
     def describe_exit(self, returncode: int) -> str:
         return describe_exit(os.path.basename(self.argv[0]), returncode, list(self.stderr_tail))

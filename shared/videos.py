@@ -64,3 +64,20 @@ class StreamEnd(WireModel):
     ok: bool
     frames: int = Field(ge=0)
     error: str | None = None
+
+
+class RootStatus(WireModel):
+    index: int = Field(ge=0)
+    path: str
+    disk_total_mib: int | None = Field(None, ge=0)
+    disk_free_mib: int | None = Field(None, ge=0)
+    error: str | None = Field(None, description="why the disk could not be read, e.g. not mounted")
+
+
+class StorageStatus(WireModel):
+    node_id: str
+    roots: list[RootStatus]
+    cpu_load_1m: float
+    cpu_count: int
+    extractions_running: int = Field(ge=0)
+    extractions_max: int = Field(ge=1)

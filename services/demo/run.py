@@ -129,7 +129,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         core = cluster.start("core", ["--data-dir", str(base / "core"), "--node-id", "core"], args.core_port)
         _post(f"{core}/api/v1/nodes", token, {"name": "storage-1", "role": "storage", "url": storage})
         _post(f"{core}/api/v1/nodes", token, {"name": "gpu-1", "role": "gpu", "url": gpu})
-        rel = sample.video_path.relative_to(videos).as_posix()
+        rel = sample.video.relative_to(videos).as_posix()
         job = _post(f"{core}/api/v1/jobs", token, {
             "videos": [{"storage": "storage-1", "path": rel}], "fps": args.fps, "width": 640})
         print(f"dashboard: {core}/   (token in {token_file})", flush=True)
@@ -137,7 +137,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         job_dir = workdir / f"job_{job['id']}"
         if rc == 0:
             print(f"point cloud: {job_dir / 'reconstruction.ply'}")
-            print(compare_with_truth(job_dir / "cameras.json", sample.poses_path))
+            print(compare_with_truth(job_dir / "cameras.json", sample.poses))
         else:
             print(f"the job did not finish; logs are in {base / 'logs'}")
         if args.exit_when_done:

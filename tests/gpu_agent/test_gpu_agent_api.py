@@ -21,7 +21,7 @@ from services.gpu_agent.nvml import RecordedProbe
 from services.storage_agent.app import create_app as create_storage_app
 from services.storage_agent.config import StorageSettings
 from shared.gpu import AgentStatus, GpuInfo
-from shared.jobs import AgentJob, ExtractParams, JobSpec, VideoSource
+from shared.jobs import ExtractParams, JobSpec, VideoSource
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 

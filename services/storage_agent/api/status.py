@@ -1,0 +1,17 @@
+"""``GET /status``."""
+
+from __future__ import annotations
+
+import anyio
+from fastapi import APIRouter
+
+from services.storage_agent.api.deps import AgentDep
+from services.storage_agent.status import StorageStatus, collect_status
+
+router = APIRouter(tags=["status"])
+
+
+@router.get("/status")
+async def get_status(agent: AgentDep) -> StorageStatus:
+    """Disk free per root, CPU load and running frame extractions."""
+    return await anyio.to_thread.run_sync(collect_status, agent.node_id, agent.roots, agent.extractor)

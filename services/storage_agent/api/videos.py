@@ -1,0 +1,72 @@
+"""``/videos``: the catalog, one video's facts, and its frames as a tar stream."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import anyio
+from fastapi import APIRouter, Query
+from fastapi.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+from shared.videos import FrameParams, VideoInfo, VideoList
+from services.storage_agent.api.deps import AgentDep
+from services.storage_agent.frames import Extraction, plan_extraction
+from services.storage_agent.probe import ProbeError, VideoUnreadable
+
+router = APIRouter(tags=["videos"])
+
+TAR_MEDIA_TYPE = "application/x-tar"
+
+
+class ExtractionResponse(StreamingResponse):
+    """Streams an extraction and stops its ffmpeg however the response ends.
+
+    The body generator alone is not enough: if the client goes away before the first
+    chunk, or the server stops iterating after a failed send, the generator's own
+    clean-up never runs.
+    """
+
+    def __init__(self, extraction: Extraction):
+        super().__init__(extraction.tar_chunks(), media_type=TAR_MEDIA_TYPE,
+                         headers={"Cache-Control": "no-store"})
+        self.extraction = extraction
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.body_iterator.aclose()
+                await self.extraction.close()
+
+
+@router.get("/videos")
+async def list_videos(agent: AgentDep) -> VideoList:
+    """Every video under the storage roots with size, mtime and ffprobe facts (or why unreadable)."""
+    return await agent.catalog.list_videos()
+
+
+@router.get(
+    "/videos/{path:path}/frames",
+    response_class=ExtractionResponse,
+    responses={200: {"content": {TAR_MEDIA_TYPE: {}}, "description": "tar of frame_%06d.jpg, then end.json"}},
+)
+async def stream_frames(
+    path: str, params: Annotated[FrameParams, Query()], agent: AgentDep
+) -> ExtractionResponse:
+    """Sample frames with ffmpeg on this node and stream them as a tar while they are made."""
+    video = agent.roots.resolve(path)
+    try:
+        facts = await agent.catalog.facts(video.file)
+    except ProbeError as exc:
+        raise VideoUnreadable(f"cannot read video {path!r}: {exc.reason}") from None
+    plan = plan_extraction(params, facts)
+    extraction = await agent.extractor.start(video, plan)
+    return ExtractionResponse(extraction)
+
+
+@router.get("/videos/{path:path}")
+async def get_video(path: str, agent: AgentDep) -> VideoInfo:
+    """Catalog entry of one video."""
+    return await agent.catalog.info(agent.roots.resolve(path))

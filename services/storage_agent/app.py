@@ -1,0 +1,49 @@
+"""The storage agent's FastAPI app: video catalog and frame extraction for the roots it is given."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+from fastapi import Depends, FastAPI
+
+from shared.auth import BearerAuth
+from shared.service import make_app
+from services.storage_agent.api import status, videos
+from services.storage_agent.api.deps import StorageAgent
+from services.storage_agent.catalog import Catalog
+from services.storage_agent.config import StorageSettings
+from services.storage_agent.frames import Extractor
+from services.storage_agent.paths import StorageRoots
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: StorageSettings) -> FastAPI:
+    """An app serving ``settings.roots``; every route but ``/health`` needs the cluster token."""
+    auth = BearerAuth(settings.resolved_token())
+    roots = StorageRoots(settings.roots)
+    if not roots.real:
+        log.warning("no storage roots configured (--roots FOLDER): the catalog will be empty")
+    agent = StorageAgent(
+        node_id=settings.node_id,
+        roots=roots,
+        catalog=Catalog(roots, probe_timeout_s=settings.probe_timeout_s,
+                        probe_concurrency=settings.probe_concurrency),
+        extractor=Extractor(max_concurrent=settings.max_concurrent_extractions,
+                            wait_s=settings.extraction_wait_s, stall_timeout_s=settings.stall_timeout_s),
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI):
+        try:
+            yield
+        finally:
+            # Streams still open at shutdown must not leave ffmpeg behind.
+            await agent.extractor.close_all()
+
+    app = make_app(title="COSMA QC storage agent", role="storage", node_id=settings.node_id, lifespan=lifespan)
+    app.state.agent = agent
+    for router in (videos.router, status.router):
+        app.include_router(router, dependencies=[Depends(auth)])
+    return app

@@ -1,0 +1,52 @@
+"""Settings of the storage agent (flags, ``COSMA_STORAGE_*`` variables, defaults)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import SettingsConfigDict
+
+from shared.settings import ServiceSettings
+
+
+class StorageSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="COSMA_STORAGE_", populate_by_name=True, extra="forbid")
+
+    port: int = Field(8310, ge=0, le=65535, description="port to listen on")
+    # In the environment: a JSON list, COSMA_STORAGE_ROOTS='["/mnt/portablessd"]'.
+    roots: list[Path] = Field([], description="folder holding videos; repeat for several")
+    probe_timeout_s: float = Field(30.0, gt=0, le=600, description="seconds ffprobe may take on one file")
+    probe_concurrency: int = Field(
+        4, ge=1, le=64, description="ffprobe processes run at once while listing the catalog"
+    )
+    max_concurrent_extractions: int = Field(
+        2, ge=1, le=64, description="ffmpeg frame extractions run at once; more requests wait"
+    )
+    extraction_wait_s: float = Field(
+        30.0, ge=0, le=3600,
+        description="seconds a frames request waits for a free extraction slot before a 503",
+    )
+    stall_timeout_s: float = Field(
+        120.0, gt=0, le=3600,
+        description="seconds ffmpeg may go without producing output before it is stopped",
+    )
+
+    @field_validator("roots")
+    @classmethod
+    def _roots_are_folders(cls, roots: list[Path]) -> list[Path]:
+        resolved: list[Path] = []
+        for root in roots:
+            if not root.exists():
+                raise ValueError(f"storage root {root} does not exist; is the disk mounted?")
+            if not root.is_dir():
+                raise ValueError(f"storage root {root} is not a folder")
+            real = root.resolve()
+            for i, other in enumerate(resolved):
+                # A file under nested roots would have two paths and be listed twice.
+                if real == other or real.is_relative_to(other) or other.is_relative_to(real):
+                    raise ValueError(
+                        f"storage root {root} overlaps root {roots[i]}; give folders that do not contain each other"
+                    )
+            resolved.append(real)
+        return roots

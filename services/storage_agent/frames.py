@@ -1,0 +1,212 @@
+"""Frame extraction: ffmpeg on this node, its JPEGs streamed out as a tar while it runs.
+
+:func:`plan_extraction` turns :class:`~shared.videos.FrameParams` and the file's ffprobe
+facts into an ffmpeg command; an :class:`Extraction` runs it and yields tar bytes frame by
+frame; the :class:`Extractor` caps how many run at once and stops them all on shutdown.
+Back-pressure is end to end: a slow client stops the reads, the pipe fills, ffmpeg waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import AsyncIterator, Callable
+
+import anyio
+
+from shared.errors import BadRequest, Unavailable
+from shared.procs import Supervised
+from shared.videos import FrameParams, StreamEnd
+from services.storage_agent import fftools
+from services.storage_agent.jpeg import JpegSplitter, JpegStreamError
+from services.storage_agent.paths import ResolvedVideo
+from services.storage_agent.probe import VideoFacts
+from services.storage_agent.tarstream import end_members, frame_member
+
+log = logging.getLogger(__name__)
+
+#: Bytes read from ffmpeg's stdout at a time; a 640-wide frame is ~50 kB.
+READ_CHUNK_BYTES = 256 * 1024
+#: Largest denominator when turning seconds and rates into fractions. ffmpeg evaluates the
+#: "num/den" it is given as a double and keeps num and den within ~1e6, as this does.
+_MAX_DENOMINATOR = 1_000_000
+
+
+class Busy(Unavailable):
+    code = "busy"
+
+
+@dataclass(frozen=True)
+class ExtractionPlan:
+    start_s: float
+    limit_s: float | None
+    """Seconds of video read from ``start_s`` (ffmpeg ``-t``); None reads to the end."""
+    rate: Fraction
+    """Frames sampled per second; below the asked fps when ``max_frames`` spreads them out."""
+    width: int | None
+    max_frames: int | None
+    quality: int
+    expected_frames: int | None
+    """What a healthy file yields, when its duration is known."""
+
+    def timestamp(self, index: int) -> float:
+        """Seconds into the video of the frame at ``index`` (from 0) of the output."""
+        return self.start_s + float(index / self.rate)
+
+    def argv(self, file: Path) -> list[str]:
+        seek = ["-ss", f"{self.start_s:.6f}"] if self.start_s > 0 else []
+        limit = ["-t", f"{self.limit_s:.6f}"] if self.limit_s is not None else []
+        filters = [f"fps=fps={self.rate.numerator}/{self.rate.denominator}"]
+        if self.width is not None:
+            filters.append(f"scale={self.width}:-2")  # -2: even height, as encoders need
+        cap = ["-frames:v", str(self.max_frames)] if self.max_frames is not None else []
+        return [
+            fftools.FFMPEG, "-nostdin", "-hide_banner", "-loglevel", "error",
+            *seek, *limit, *fftools.input_args(file),
+            "-map", "0:v:0", "-vf", ",".join(filters), *cap,
+            "-f", "image2pipe", "-c:v", "mjpeg", "-q:v", str(self.quality), "-",
+        ]
+
+
+def plan_extraction(params: FrameParams, facts: VideoFacts) -> ExtractionPlan:
+    """The ffmpeg plan for ``params`` on a video with these facts; :class:`BadRequest` if empty."""
+    duration = facts.duration_s
+    if duration is not None and params.start_s >= duration:
+        raise BadRequest(f"start_s ({params.start_s:g}) is at or past the end of the video ({duration:.3f} s)")
+    end = params.end_s
+    if duration is not None and (end is None or end > duration):
+        end = duration
+    window = end - params.start_s if end is not None else None
+    rate = _fraction(params.fps)
+    if params.max_frames is not None and window is not None:
+        # Spread the cap over the whole window rather than taking the first max_frames.
+        rate = min(rate, Fraction(params.max_frames) / _fraction(window)).limit_denominator(_MAX_DENOMINATOR)
+    expected = None
+    if window is not None:
+        # ffmpeg's fps filter rounds to the nearest frame: floor(x + 0.5) output frames.
+        expected = math.floor(rate * _fraction(window) + Fraction(1, 2))
+        if params.max_frames is not None:
+            expected = min(expected, params.max_frames)
+    limit = window if params.end_s is not None and (duration is None or params.end_s < duration) else None
+    return ExtractionPlan(
+        start_s=params.start_s, limit_s=limit, rate=rate, width=params.width,
+        max_frames=params.max_frames, quality=params.quality, expected_frames=expected,
+    )
+
+
+def _fraction(value: float) -> Fraction:
+    return Fraction(value).limit_denominator(_MAX_DENOMINATOR)
+
+
+class Extraction:
+    """One running ffmpeg and the tar stream of its frames. :meth:`close` is idempotent."""
+
+    def __init__(self, video: ResolvedVideo, plan: ExtractionPlan, proc: Supervised, *,
+                 stall_timeout_s: float, on_close: Callable[["Extraction"], None]):
+        self.video = video
+        self.plan = plan
+        self.proc = proc
+        self.frames = 0
+        self._stall_timeout_s = stall_timeout_s
+        self._on_close = on_close
+        self._closed = False
+        self._stalled = False
+
+    async def tar_chunks(self) -> AsyncIterator[bytes]:
+        """Tar bytes, one frame member per chunk, ending with ``end.json``."""
+        try:
+            error = None
+            splitter = JpegSplitter()
+            while chunk := await self._read():
+                try:
+                    jpegs = splitter.feed(chunk)
+                except JpegStreamError as exc:
+                    error = f"ffmpeg's output for {self.video.path!r} is not a JPEG stream: {exc}"
+                    break
+                for jpeg in jpegs:
+                    self.frames += 1
+                    yield frame_member(self.frames, self.plan.timestamp(self.frames - 1), jpeg)
+            if error is None:
+                error = await self._outcome(splitter.pending)
+            if error is not None:
+                log.warning("frames of %s: %s", self.video.path, error)
+            yield end_members(StreamEnd(ok=error is None, frames=self.frames, error=error))
+        finally:
+            await self.close()
+
+    async def _read(self) -> bytes:
+        """The next bytes from ffmpeg; empty at its end, or when it stalled."""
+        try:
+            return await asyncio.wait_for(self.proc.stdout.read(READ_CHUNK_BYTES), self._stall_timeout_s)
+        except asyncio.TimeoutError:
+            self._stalled = True
+            return b""
+
+    async def _outcome(self, pending_bytes: int) -> str | None:
+        """Why the stream is not to be trusted, or None if ffmpeg finished cleanly."""
+        path = self.video.path
+        if self._stalled:
+            await fftools.stop(self.proc)
+            return f"ffmpeg produced nothing for {self._stall_timeout_s:g} s on {path!r} and was stopped"
+        rc = await self.proc.wait()
+        reason = fftools.reason_from_log(list(self.proc.stderr_tail), self.video.file)
+        if rc != 0:
+            return f"ffmpeg failed on {path!r}: {reason if rc > 0 and reason else self.proc.describe_exit(rc)}"
+        if pending_bytes:
+            return f"ffmpeg's output for {path!r} ended inside a frame"
+        expected = self.plan.expected_frames
+        if expected is not None and self.frames < expected - 1 and reason:
+            # ffmpeg exits 0 on a file cut short after its index; the log says why.
+            return f"ffmpeg stopped after {self.frames} of about {expected} frames of {path!r}: {reason}"
+        return None
+
+    async def close(self) -> None:
+        """Stop ffmpeg (its whole process group) and free the slot."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            await fftools.stop(self.proc)
+        finally:
+            self._on_close(self)
+
+
+class Extractor:
+    """At most ``max_concurrent`` extractions at once; later requests wait ``wait_s``, then 503."""
+
+    def __init__(self, *, max_concurrent: int, wait_s: float, stall_timeout_s: float):
+        self.max_concurrent = max_concurrent
+        self.running: set[Extraction] = set()
+        self._slots = asyncio.Semaphore(max_concurrent)
+        self._wait_s = wait_s
+        self._stall_timeout_s = stall_timeout_s
+
+    async def start(self, video: ResolvedVideo, plan: ExtractionPlan) -> Extraction:
+        acquired = False
+        with anyio.move_on_after(self._wait_s):
+            await self._slots.acquire()
+            acquired = True
+        if not acquired:
+            raise Busy(
+                f"this node already runs {self.max_concurrent} frame extraction(s), its limit; retry later"
+            )
+        try:
+            proc = await fftools.start(plan.argv(video.file))
+        except BaseException:
+            self._slots.release()
+            raise
+        extraction = Extraction(video, plan, proc, stall_timeout_s=self._stall_timeout_s, on_close=self._closed)
+        self.running.add(extraction)
+        return extraction
+
+    def _closed(self, extraction: Extraction) -> None:
+        self.running.discard(extraction)
+        self._slots.release()
+
+    async def close_all(self) -> None:
+        for extraction in list(self.running):
+            await extraction.close()

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
+from shared.qc import load_thresholds
 from shared.settings import ServiceSettings
 
 
@@ -20,4 +21,14 @@ class GpuAgentSettings(ServiceSettings):
     ingests: int = Field(4, ge=1, le=64, description="jobs pulling frames at once")
     backend_threads: int = Field(0, ge=0, le=256, description="CPU threads for a backend (0: all cores)")
     cancel_grace_s: float = Field(5.0, gt=0, le=300, description="SIGTERM to SIGKILL delay on cancel")
+    ingest_retries: int = Field(3, ge=0, le=20, description="new tries of a video after a transient error")
     storage_timeout_s: float = Field(60.0, gt=0, le=3600, description="read timeout on the frame stream")
+    qc_filter_frames: bool = Field(False, description="drop blurry, black and frozen frames before reconstruction")
+    qc_thresholds_file: Path | None = Field(None, description="JSON file of QC thresholds (see shared/qc.py)")
+
+    @field_validator("qc_thresholds_file")
+    @classmethod
+    def _thresholds_readable(cls, path: Path | None) -> Path | None:
+        if path is not None:
+            load_thresholds(path)  # fail at start, with the file's problem, not at the first job
+        return path

@@ -21,11 +21,19 @@ import httpx
 from shared.auth import auth_headers
 from shared.frames import FRAME_NAME_FORMAT, IndexedFrame
 from shared.jobs import ExtractParams, VideoSource
-from shared.videos import STREAM_END_NAME, TAR_TIMESTAMP_KEY, StreamEnd
+from shared.videos import STREAM_END_NAME, TAR_TIMESTAMP_KEY, StreamEnd, VideoInfo
 
 
 class IngestError(Exception):
-    """A video could not be pulled; the message names the video and the reason."""
+    """A video could not be pulled; the message names the video and the reason.
+
+    ``retryable`` errors (storage busy or unreachable, a stream cut off) are worth another
+    try; the others (unreadable video, refused path) are not.
+    """
+
+    def __init__(self, message: str, *, retryable: bool = False):
+        super().__init__(message)
+        self.retryable = retryable
 
 
 class IngestCancelled(Exception):
@@ -68,6 +76,16 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def fetch_video_info(source: VideoSource, *, token: str, timeout_s: float = 30.0) -> VideoInfo | None:
+    """The catalog facts of one video (native size for the intrinsics); None if unavailable."""
+    url = f"{source.storage_url.rstrip('/')}/videos/{quote(source.path, safe='/')}"
+    try:
+        resp = httpx.get(url, headers=auth_headers(token), timeout=timeout_s)
+        return VideoInfo.model_validate_json(resp.content) if resp.status_code == 200 else None
+    except (httpx.HTTPError, ValueError):
+        return None
+
+
 def pull_video(
     source: VideoSource,
     params: ExtractParams,
@@ -98,7 +116,8 @@ def pull_video(
             if resp.status_code != 200:
                 resp.read()
                 raise IngestError(
-                    f"storage agent refused {source.path} (HTTP {resp.status_code}): {_error_message(resp)}"
+                    f"storage agent refused {source.path} (HTTP {resp.status_code}): {_error_message(resp)}",
+                    retryable=resp.status_code in (429, 502, 503, 504),
                 )
             with tarfile.open(fileobj=_ByteStream(resp.iter_bytes()), mode="r|") as tar:
                 for member in tar:
@@ -118,11 +137,12 @@ def pull_video(
                     frames.append(frame)
                     on_frame(frame, path)
     except httpx.HTTPError as exc:
-        raise IngestError(f"lost the frame stream of {source.path} from {source.storage_url}: {exc}") from exc
+        raise IngestError(f"lost the frame stream of {source.path} from {source.storage_url}: {exc}",
+                          retryable=True) from exc
     except (tarfile.TarError, json.JSONDecodeError, ValueError) as exc:
         raise IngestError(f"the frame stream of {source.path} is malformed: {exc}") from exc
     if end is None:
-        raise IngestError(f"the frame stream of {source.path} ended early (no {STREAM_END_NAME}); it will be fetched again")
+        raise IngestError(f"the frame stream of {source.path} ended early (no {STREAM_END_NAME})", retryable=True)
     if not end.ok:
         raise IngestError(f"frame extraction of {source.path} failed on the storage node: {end.error}")
     if not frames:

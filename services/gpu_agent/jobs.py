@@ -23,12 +23,17 @@ from shared.procs import Supervised
 
 from services.gpu_agent.backends import OUTPUT_FILES, runner_argv
 from services.gpu_agent.config import GpuAgentSettings
-from services.gpu_agent.ingest import IngestCancelled, IngestError, atomic_write_bytes, pull_video
+from services.gpu_agent.ingest import (
+    IngestCancelled, IngestError, atomic_write_bytes, fetch_video_info, pull_video,
+)
+from services.gpu_agent.qc import JobQc
 
 log = logging.getLogger(__name__)
 
 STATE_NAME = "state.json"
 JOB_DIR_RE = re.compile(r"^job_(\d+)$")
+#: First wait before pulling a video again after a transient error; doubles each time.
+INGEST_BACKOFF_S = 2.0
 
 
 def _now() -> datetime:
@@ -54,6 +59,7 @@ class JobManager:
         self._cancel_events: dict[int, threading.Event] = {}
         self._ingest_slots = asyncio.Semaphore(settings.ingests)
         self._cpu_slots = asyncio.Semaphore(settings.cpu_jobs)
+        self._qc: dict[int, JobQc] = {}  # set up by _ingest, used until the QC report is written
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -176,7 +182,12 @@ class JobManager:
             async with self._ingest_slots:
                 await self._ingest(job_id)
             async with self._cpu_slots:
-                await self._reconstruct(job_id)
+                try:
+                    await self._reconstruct(job_id)
+                except BackendFailed as exc:
+                    await self._write_qc(job_id, error=str(exc))  # the operator still sees the frames' QC
+                    raise
+                await self._write_qc(job_id)
             files = sorted(p.name for p in self.job_dir(job_id).iterdir()
                            if p.is_file() and not p.name.startswith((".", "frame_")) and p.name != STATE_NAME)
             self._update(job_id, state=JobState.done, stage="done", progress=1.0, message="finished",
@@ -217,6 +228,8 @@ class JobManager:
                      message=f"pulling frames of {n} video(s)", frames=len(index.frames))
         cancel = self._cancel_events[job_id]
         loop = asyncio.get_running_loop()
+        qc = self._qc[job_id] = JobQc.for_job(job_id, job_dir, spec, self.settings)
+        await asyncio.to_thread(qc.resume, index.frames)
         for i, source in enumerate(spec.videos):
             if (job_dir / f".video_{i}.done").exists():
                 continue
@@ -225,18 +238,37 @@ class JobManager:
 
             def on_frame(frame: IndexedFrame, _path: Path, i=i) -> None:
                 nonlocal count
+                qc.observe(frame, _path)  # frame QC as frames land: no second pass over the files
                 count += 1
                 within = min(count / expected, 0.99) if expected else 0.0
                 loop.call_soon_threadsafe(lambda c=count, w=within: self._update(
                     job_id, progress=(i + w) / n, frames=len(index.frames) + c,
                     message=f"video {i + 1}/{n}: {c} frames"))
 
-            frames = await asyncio.to_thread(
-                pull_video, source, spec.extract, job_dir, video_index=i,
-                first_frame=len(index.frames) + 1, token=self.token,
-                timeout_s=self.settings.storage_timeout_s, cancel=cancel, on_frame=on_frame)
+            first = len(index.frames) + 1
+            for retry in range(self.settings.ingest_retries + 1):
+                try:
+                    frames = await asyncio.to_thread(
+                        pull_video, source, spec.extract, job_dir, video_index=i,
+                        first_frame=first, token=self.token,
+                        timeout_s=self.settings.storage_timeout_s, cancel=cancel, on_frame=on_frame)
+                    break
+                except IngestError as exc:
+                    if not exc.retryable or retry == self.settings.ingest_retries:
+                        raise
+                    delay_s = INGEST_BACKOFF_S * 2**retry
+                    log.warning("job %s: %s; trying again in %.0f s", job_id, exc, delay_s)
+                    self._update(job_id, message=f"{exc}; trying again in {delay_s:.0f} s")
+                    for stale in job_dir.glob("frame_*.jpg"):
+                        if int(stale.stem[6:]) >= first:
+                            stale.unlink()
+                    count = 0
+                    await asyncio.sleep(delay_s)
+            info = await asyncio.to_thread(fetch_video_info, source, token=self.token)
             index.frames.extend(frames)
-            index.videos.append(IndexedVideo(index=i, path=source.path))
+            index.videos.append(IndexedVideo(index=i, path=source.path,
+                                             native_width=info.width if info else None,
+                                             native_height=info.height if info else None))
             atomic_write_bytes(job_dir / FRAMES_INDEX_NAME, index.model_dump_json(indent=1).encode())
             atomic_write_bytes(job_dir / f".video_{i}.done", b"")
             self._update(job_id, progress=(i + 1) / n, videos_done=i + 1, frames=len(index.frames))
@@ -248,7 +280,9 @@ class JobManager:
             (job_dir / name).unlink(missing_ok=True)
         self._update(job_id, state=JobState.reconstructing, stage="reconstructing",
                      message=f"{job.spec.backend}: starting on {job.frames} frames")
-        argv = runner_argv(job.spec.backend, job_dir, job_dir, threads=self.settings.backend_threads)
+        qc = self._qc.get(job_id)
+        frames_dir = await asyncio.to_thread(qc.frames_for_backend) if qc else job_dir  # only kept frames
+        argv = runner_argv(job.spec.backend, frames_dir, job_dir, threads=self.settings.backend_threads)
         proc = await Supervised.start(argv, cwd=job_dir)
         try:
             while line := await proc.stdout.readline():
@@ -262,6 +296,16 @@ class JobManager:
         missing = [name for name in OUTPUT_FILES if not (job_dir / name).exists()]
         if missing:
             raise BackendFailed(f"the {job.spec.backend} backend exited without writing {', '.join(missing)}")
+
+    async def _write_qc(self, job_id: int, *, error: str | None = None) -> None:
+        """``qc.json``, plots and ``report.html``; a QC bug is logged, never the job's failure."""
+        qc = self._qc.pop(job_id, None)
+        if qc is None:
+            return
+        try:
+            await asyncio.to_thread(qc.finish, error=error)
+        except Exception:  # noqa: BLE001
+            log.exception("job %s: writing the QC report failed", job_id)
 
     def _on_progress(self, job_id: int, line: bytes) -> None:
         try:

@@ -216,3 +216,23 @@ def test_cancel_stops_the_backend_process_group(agent, storage_url, videos):
     assert purged.status_code == 200
     assert not (workdir / "job_11").exists()
     assert httpx.get(f"{url}/jobs/11", headers=AUTH).status_code == 404
+
+
+def test_a_busy_storage_agent_is_tried_again_not_failed(tmp_path, videos, monkeypatch):
+    import services.gpu_agent.jobs as jobs_module
+
+    monkeypatch.setattr(jobs_module, "INGEST_BACKOFF_S", 0.5)
+    storage = StorageSettings(roots=[videos], token=TOKEN, max_concurrent_extractions=1, extraction_wait_s=0.1)
+    settings = GpuAgentSettings(workdir=tmp_path / "frames", token=TOKEN)
+    with serve_app(create_storage_app(storage)) as storage_url, serve_app(create_app(settings)) as url:
+        # Hold the storage agent's only extraction slot with a long stream nobody reads:
+        # ffmpeg blocks on its full pipe and keeps the slot.
+        make_test_video(videos / "hold.MP4", seconds=20, fps=30, size="640x360")
+        with httpx.stream("GET", f"{storage_url}/videos/hold.MP4/frames", params={"fps": 30, "quality": 2},
+                          headers=AUTH) as held:
+            assert held.status_code == 200
+            httpx.put(f"{url}/jobs/12", json=spec(12, storage_url, "GX020001.MP4"), headers=AUTH)
+            wait_until(lambda: "trying again" in get_job(url, 12)["message"], timeout_s=30,
+                       what="the agent to report a retry")
+        job = _wait_state(url, 12, "reconstructing", "done", "failed")
+    assert job["videos_done"] == 1 and job["frames"] == 5, job

@@ -9,6 +9,7 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from shared.base import WireModel
+from shared.qc import QcOptions
 
 
 class JobState(str, Enum):
@@ -49,6 +50,7 @@ class JobSpec(WireModel):
     videos: Annotated[list[VideoSource], Field(min_length=1, max_length=200)]
     extract: ExtractParams = ExtractParams()
     backend: Backend = "colmap"
+    qc: QcOptions | None = Field(None, description="QC thresholds and frame filter; unset: the agent's settings")
 
 
 class AgentJob(WireModel):

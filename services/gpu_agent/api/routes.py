@@ -20,7 +20,7 @@ from services.gpu_agent.jobs import JobManager
 router = APIRouter()
 
 #: Files of a job folder that may be downloaded: outputs and frames, never a path.
-SERVABLE_FILE_RE = re.compile(r"^(?:[A-Za-z0-9_-]+\.(?:ply|json|glb|csv|txt)|frame_\d{6}\.jpg)$")
+SERVABLE_FILE_RE = re.compile(r"^(?:[A-Za-z0-9_-]+\.(?:ply|json|glb|csv|txt|svg|html)|frame_\d{6}\.jpg)$")
 
 
 def get_manager(request: Request) -> JobManager:

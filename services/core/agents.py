@@ -106,10 +106,11 @@ class AgentClient:
         response = await self._send("PUT", url, json=spec.model_dump(mode="json"))
         return _parse(url, response, AgentJob)
 
-    async def cancel_job(self, base_url: str, job_id: int) -> bool:
-        """Ask the agent to stop the job; False if it does not know it (nothing to stop)."""
+    async def cancel_job(self, base_url: str, job_id: int, *, purge: bool = False) -> bool:
+        """Ask the agent to stop the job (``purge``: and delete its files); False if it does
+        not know it (nothing to stop)."""
         try:
-            await self._send("DELETE", f"{base_url}/jobs/{job_id}")
+            await self._send("DELETE", f"{base_url}/jobs/{job_id}", params={"purge": "true"} if purge else None)
         except AgentRequestError as exc:
             if exc.status_code == 404:
                 return False
@@ -136,6 +137,20 @@ class AgentClient:
 
     async def list_videos(self, base_url: str) -> VideoList:
         return await self._get_model(f"{base_url}/videos", VideoList)
+
+    async def list_recordings(self, base_url: str) -> dict | None:
+        """The agent's ``GET /recordings`` as JSON, or None if it has no such route."""
+        try:
+            response = await self._send("GET", f"{base_url}/recordings")
+        except AgentRequestError as exc:
+            if exc.status_code in (404, 405):
+                return None
+            raise
+        try:
+            answer = response.json()
+        except ValueError:
+            return None
+        return answer if isinstance(answer, dict) else None
 
     # -- any agent -----------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ from shared.auth import BearerAuth
 from shared.service import make_app
 
 from services.core.agents import AgentClient
-from services.core.api import jobs, nodes, pages
+from services.core.api import catalog, events, jobs, nodes, pages
 from services.core.config import CoreSettings
 from services.core.models import API_PREFIX
 from services.core.scheduler import Scheduler
@@ -59,5 +59,7 @@ def create_app(settings: CoreSettings) -> FastAPI:
     app.state.auth = BearerAuth(token)
     app.include_router(jobs.router, prefix=API_PREFIX)
     app.include_router(nodes.router, prefix=API_PREFIX)
+    app.include_router(catalog.router, prefix=API_PREFIX)
+    app.include_router(events.router, prefix=API_PREFIX)
     app.include_router(pages.router)
     return app

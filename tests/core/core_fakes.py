@@ -70,6 +70,7 @@ class FakeGpuAgent(_Served):
         self.jobs: dict[int, AgentJob] = {}
         self.puts: list[JobSpec] = []
         self.deletes: list[int] = []
+        self.purges: list[int] = []
         self.files: dict[str, bytes] = {}
         #: When True, every request is answered 503, like an agent that has lost its footing.
         self.silent = False
@@ -133,11 +134,14 @@ class FakeGpuAgent(_Served):
             return self.jobs[job_id]
 
         @app.delete("/jobs/{job_id}", dependencies=[auth])
-        def delete_job(job_id: int) -> AgentJob:
+        def delete_job(job_id: int, purge: bool = False) -> AgentJob:
             self.deletes.append(job_id)
             if job_id not in self.jobs:
                 raise NotFound(f"no job {job_id}")
             self.report(job_id, JobState.cancelled, "cancelled", 0.0)
+            if purge:
+                self.purges.append(job_id)
+                return self.jobs.pop(job_id)
             return self.jobs[job_id]
 
         @app.get("/jobs/{job_id}/files/{name}", dependencies=[auth])
@@ -150,11 +154,12 @@ class FakeGpuAgent(_Served):
 
 
 class FakeStorageAgent(_Served):
-    """FAKE storage agent: a catalog from a list."""
+    """FAKE storage agent: a catalog from a list (and ``GET /recordings`` if given one)."""
 
-    def __init__(self, videos: list[VideoInfo] | None = None):
+    def __init__(self, videos: list[VideoInfo] | None = None, recordings: list[dict] | None = None):
         super().__init__()
         self.videos = videos if videos is not None else [video("GX010042.MP4", duration_s=10.0)]
+        self.recordings = recordings
         #: An HTTP status to answer ``GET /videos`` with instead of the catalog.
         self.fail_with: int | None = None
 
@@ -167,6 +172,12 @@ class FakeStorageAgent(_Served):
                 return JSONResponse({"error": {"code": "broken", "message": "fake catalog failure"}},
                                     status_code=self.fail_with)
             return VideoList(videos=self.videos)
+
+        @app.get("/recordings", dependencies=[Depends(BearerAuth(TOKEN))])
+        def list_recordings():
+            if self.recordings is None:
+                raise NotFound("no such route")
+            return {"recordings": self.recordings}
 
         return app
 

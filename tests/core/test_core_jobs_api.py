@@ -64,7 +64,11 @@ async def test_defaults_and_chapters_in_order(core):
     ({"videos": [{"storage": "st", "path": "a.MP4", "root": 1}]}, "videos.0.root"),
     ({"videos": [{"storage": "../st", "path": "a.MP4"}]}, "videos.0.storage"),
     ({"videos": [{"storage": "st", "path": "GX010042.MP4"}] * 2}, "listed twice"),
-    ({"priority": 9}, "priority"),
+    ({"priority": 101}, "priority"),
+    ({"priority": "high"}, "priority"),
+    ({"recording": {"storage": "st", "id": "GX0042"}}, "either videos or recording"),
+    ({"videos": None}, "either videos or recording"),
+    ({"cpu_fallback": "maybe"}, "cpu_fallback"),
 ])
 async def test_bad_fields_get_a_typed_422_naming_the_field(core, overrides, where):
     resp = await core.post("/api/v1/jobs", json=body(**overrides), headers=AUTH)

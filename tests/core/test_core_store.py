@@ -124,3 +124,41 @@ def test_the_schema_has_no_sqlite_only_types():
     for table in (Node, Job, JobVideo):
         ddl = str(sa.schema.CreateTable(table.__table__).compile(dialect=postgresql.dialect()))
         assert "TIMESTAMP WITH TIME ZONE" in ddl or table is JobVideo
+
+
+def test_placement_is_serialized_across_processes_on_postgresql(store, url):
+    """Two cores deciding at once: the second waits for the first and sees its placement."""
+    import threading
+    import time
+
+    from services.core.store import Decision
+
+    if store.engine.dialect.name != "postgresql":
+        pytest.skip("PostgreSQL only: SQLite ignores FOR UPDATE, run one core process on it")
+    store.add_node(name="g1", role=NodeRole.gpu, url="http://h:1")
+    first = store.create_job(videos=[("st", "a.MP4")], backend="colmap", fps=2, width=640, max_frames=None)
+    second = store.create_job(videos=[("st", "b.MP4")], backend="colmap", fps=2, width=640, max_frames=None)
+    other = Store(make_engine(url))
+    seen_active: dict[str, list[int]] = {}
+
+    def planner(name: str, delay_s: float):
+        def plan(queued, videos, nodes, active):
+            seen_active[name] = [j.id for j in active]
+            time.sleep(delay_s)  # a slow decision: the other core tries meanwhile
+            if any(j.node == "g1" for j in active):  # one job per node
+                return [Decision(j.id, message="busy") for j in queued]
+            return [Decision(queued[0].id, node="g1", backend="colmap")] + [
+                Decision(j.id, message="busy") for j in queued[1:]]
+        return plan
+
+    placed: dict[str, list] = {}
+    slow = threading.Thread(target=lambda: placed.setdefault(
+        "slow", store.place(planner("slow", 0.5), batch=10, lease_s=30, now=utcnow())))
+    slow.start()
+    time.sleep(0.15)
+    placed["fast"] = other.place(planner("fast", 0), batch=10, lease_s=30, now=utcnow())
+    slow.join()
+    other.engine.dispose()
+    assert [j.id for j in placed["slow"]] == [first.id] and placed["fast"] == []
+    assert seen_active["fast"] == [first.id]  # it waited, then saw the first placement
+    assert store.get_job(second.id).state == JobState.queued

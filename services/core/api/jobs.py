@@ -6,7 +6,7 @@ import asyncio
 import logging
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Path, Query, Response
 from fastapi.responses import StreamingResponse
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
@@ -17,13 +17,14 @@ from shared.videos import VideoInfo
 
 from services.core.agents import AgentClient, AgentError, AgentRequestError, AgentUnreachable
 from services.core.api.deps import AgentsDep, StoreDep, TokenRequired
-from services.core.models import JobCreate, JobPublic, JobsPublic, VideoRef
+from services.core import catalog
+from services.core.models import ERROR_RESPONSES, EventPublic, EventsPublic, JobCreate, JobPublic, JobsPublic, RecordingRef, VideoRef
 from services.core.scheduler import estimate_frames
 from services.core.store import ACTIVE_STATES, NodeRole, Store
 
 log = logging.getLogger(__name__)
 
-router = APIRouter(prefix="/jobs", tags=["jobs"])
+router = APIRouter(prefix="/jobs", tags=["jobs"], responses=ERROR_RESPONSES)
 
 JobId = Annotated[int, Path(ge=1, le=10_000_000)]
 
@@ -33,15 +34,19 @@ _FILE_HEADERS = ("content-type", "content-length", "content-encoding", "content-
 
 @router.post("", status_code=201, dependencies=[TokenRequired])
 async def create_job(body: JobCreate, store: StoreDep, agents: AgentsDep) -> JobPublic:
-    """Queue a job once every video is found in its storage node's catalog."""
-    catalog = await _catalog_entries(body.videos, store, agents)
-    frames = estimate_frames([catalog[(v.storage, v.path)].duration_s for v in body.videos],
-                             body.fps, body.max_frames)
+    """Queue a job once every video (or the recording) is found in its storage node's catalog."""
+    videos = body.videos
+    if body.recording is not None:
+        videos = await _recording_videos(body.recording, store, agents)
+    found = await _catalog_entries(videos, store, agents)
+    frames = estimate_frames([found[(v.storage, v.path)].duration_s for v in videos], body.fps, body.max_frames)
     job = await run_in_threadpool(
-        store.create_job, videos=[(v.storage, v.path) for v in body.videos], backend=body.backend,
+        store.create_job, videos=[(v.storage, v.path) for v in videos], backend=body.backend,
         fps=body.fps, width=body.width, max_frames=body.max_frames, frames_estimate=frames,
+        priority=body.priority, cpu_fallback=body.cpu_fallback,
+        recording=body.recording.id if body.recording else None,
     )
-    log.info("job %d queued: %d video(s), %s", job.id, len(body.videos), body.backend)
+    log.info("job %d queued: %d video(s), %s, priority %d", job.id, len(videos), body.backend, body.priority)
     return JobPublic.of(job, (await run_in_threadpool(store.videos_of, [job.id]))[job.id])
 
 
@@ -49,13 +54,18 @@ async def create_job(body: JobCreate, store: StoreDep, agents: AgentsDep) -> Job
 def list_jobs(
     store: StoreDep,
     state: Annotated[list[JobState] | None, Query(description="only jobs in these states")] = None,
+    node: Annotated[str | None, Query(max_length=64, description="only jobs placed on this node")] = None,
+    q: Annotated[str | None, Query(min_length=1, max_length=200,
+                                   description="text in the message, error, recording or a video path")] = None,
+    cursor: Annotated[int | None, Query(ge=1, description="next_cursor of the previous page")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
+    offset: Annotated[int, Query(ge=0, le=10_000_000, description="page by offset (or by cursor)")] = 0,
 ) -> JobsPublic:
-    """Jobs, newest first, optionally filtered by state."""
-    jobs, count = store.list_jobs(states=state, limit=limit, offset=offset)
+    """Jobs, newest first, filtered by state, node and text; paged by cursor or offset."""
+    jobs, count = store.list_jobs(states=state, node=node, text=q, before_id=cursor, limit=limit, offset=offset)
     videos = store.videos_of(j.id for j in jobs)
-    return JobsPublic(jobs=[JobPublic.of(j, videos[j.id]) for j in jobs], count=count)
+    next_cursor = jobs[-1].id if len(jobs) == limit else None
+    return JobsPublic(jobs=[JobPublic.of(j, videos[j.id]) for j in jobs], count=count, next_cursor=next_cursor)
 
 
 @router.get("/{job_id}")
@@ -73,6 +83,43 @@ async def cancel_job(job_id: JobId, store: StoreDep, agents: AgentsDep) -> JobPu
         await _stop_on_node(store, agents, before.node, job_id)
     job = await run_in_threadpool(store.get_job, job_id)
     return JobPublic.of(job, (await run_in_threadpool(store.videos_of, [job_id]))[job_id])
+
+
+@router.post("/{job_id}/retry", dependencies=[TokenRequired])
+def retry_job(job_id: JobId, store: StoreDep) -> JobPublic:
+    """Queue a failed or cancelled job again as a new attempt (409 otherwise); its history stays."""
+    job = store.retry(job_id)
+    return JobPublic.of(job, store.videos_of([job_id])[job_id])
+
+
+@router.delete("/{job_id}", status_code=204, dependencies=[TokenRequired],
+               responses={503: {"description": "the gpu node could not purge the job's files (retry, or force)"}})
+async def delete_job(
+    job_id: JobId, store: StoreDep, agents: AgentsDep,
+    force: Annotated[bool, Query(description="delete even if the gpu node cannot purge the files")] = False,
+) -> Response:
+    """Delete a job: cancel it if open, purge its files on the gpu node, drop it and its history."""
+    job = await run_in_threadpool(store.get_job, job_id)
+    if not job.state.final:
+        job = await run_in_threadpool(store.cancel, job_id)
+    if job.node is not None:
+        nodes = await run_in_threadpool(store.nodes_by_name, [job.node])
+        if job.node in nodes:
+            try:
+                await agents.cancel_job(nodes[job.node].url, job_id, purge=True)
+            except AgentError as exc:
+                if not force:
+                    raise _as_api_error(exc, f"gpu node {job.node}") from None
+                log.warning("job %d deleted without purging its files on %s: %s", job_id, job.node, exc.message)
+    await run_in_threadpool(store.delete_job, job_id)
+    return Response(status_code=204)
+
+
+@router.get("/{job_id}/events")
+def list_job_events(job_id: JobId, store: StoreDep) -> EventsPublic:
+    """The job's history: every change of state, node or attempt, with its time and message."""
+    store.get_job(job_id)
+    return EventsPublic(events=[EventPublic.of(e) for e in store.job_events(job_id)])
 
 
 @router.get("/{job_id}/files/{name}")
@@ -97,6 +144,22 @@ async def _stop_on_node(store: Store, agents: AgentClient, node_name: str, job_i
     except (AgentError, NotFound) as exc:
         # The scheduler fences it when the node answers again (it runs a job the core cancelled).
         log.warning("job %d cancelled, but stopping it on %s failed: %s", job_id, node_name, exc)
+
+
+async def _recording_videos(ref: RecordingRef, store: Store, agents: AgentClient) -> list[VideoRef]:
+    """The chapters of a recording, in order; 422 if the node or recording is unknown."""
+    node = (await run_in_threadpool(store.nodes_by_name, [ref.storage])).get(ref.storage)
+    if node is None or node.role != NodeRole.storage:
+        raise BadRequest(f"recording.storage: no storage node named {ref.storage!r}")
+    try:
+        found = await catalog.catalog_of(agents, node)
+    except AgentError as exc:
+        raise _as_api_error(exc, f"storage node {ref.storage}") from None
+    recording = next((r for r in found.recordings if r.id == ref.id), None)
+    if recording is None:
+        raise BadRequest(f"recording.id: no recording {ref.id!r} on storage node {ref.storage!r}; "
+                         "see GET /api/v1/recordings")
+    return [VideoRef(storage=ref.storage, path=v.path) for v in recording.chapters]
 
 
 async def _catalog_entries(

@@ -68,7 +68,7 @@ def _nodes_table(nodes: list[Node]) -> str:
     if not nodes:
         return "<p>No nodes yet: add them with <code>POST /api/v1/nodes</code>.</p>"
     rows = [
-        "<tr>" + _cell(n.name) + _cell(n.role.value) + _cell(n.url) + _cell(n.state.value, n.state.value)
+        "<tr>" + _cell(n.name) + _cell(n.role.value) + _cell(n.url) + _cell(n.shown_state.value, n.shown_state.value)
         + _cell(n.last_seen.isoformat(timespec="seconds") if n.last_seen else "never")
         + _cell(n.last_error, "error") + "</tr>"
         for n in nodes

@@ -80,11 +80,19 @@ class NodePublic(WireModel):
 
     @classmethod
     def of(cls, node: Node, active_jobs: int = 0) -> "NodePublic":
-        status = AgentStatus.model_validate(node.last_status) if node.last_status else None
         return cls(name=node.name, role=node.role.value, url=node.url, state=node.shown_state,
                    draining=node.draining, announced=node.announced, last_seen=node.last_seen,
                    offline_since=node.offline_since, last_error=node.last_error, active_jobs=active_jobs,
-                   status=status, created_at=node.created_at)
+                   status=last_status(node), created_at=node.created_at)
+
+
+def last_status(node: Node) -> AgentStatus | None:
+    """The node's last status, or None if there is none or it was stored by an older contract
+    (the next poll replaces it)."""
+    try:
+        return AgentStatus.model_validate(node.last_status) if node.last_status else None
+    except ValueError:
+        return None
 
 
 class NodesPublic(WireModel):

@@ -385,12 +385,14 @@ class Scheduler:
               active: list[Job]) -> list[Decision]:
         """Decide, in queue order, where each queued job goes (runs inside the claim transaction)."""
         storage_online = {n.name for n in nodes if n.role == NodeRole.storage and n.state == NodeState.online}
-        views = {
-            n.name: NodeView(n.name, n.url, AgentStatus.model_validate(n.last_status), draining=n.draining)
-            for n in nodes
-            if n.role == NodeRole.gpu and n.state == NodeState.online and n.last_status
-            and self._reachable.get(n.name, "") is None
-        }
+        views = {}
+        for n in nodes:
+            if n.role == NodeRole.gpu and n.state == NodeState.online and self._reachable.get(n.name, "") is None:
+                try:
+                    status = AgentStatus.model_validate(n.last_status)
+                except ValueError:  # none yet, or stored by an older contract: wait for a fresh poll
+                    continue
+                views[n.name] = NodeView(n.name, n.url, status, draining=n.draining)
         for job in active:
             if job.node in views:
                 views[job.node].jobs.append(job)

@@ -122,7 +122,9 @@ def list_job_events(job_id: JobId, store: StoreDep) -> EventsPublic:
     return EventsPublic(events=[EventPublic.of(e) for e in store.job_events(job_id)])
 
 
-@router.get("/{job_id}/files/{name}")
+@router.get("/{job_id}/files/{name}", response_class=StreamingResponse, responses={200: {
+    "description": "the file as the gpu node serves it",
+    "content": {"application/octet-stream": {"example": "ply\nformat binary_little_endian 1.0\n…"}}}})
 async def get_job_file(job_id: JobId, name: str, store: StoreDep, agents: AgentsDep) -> StreamingResponse:
     """Stream an artifact (reconstruction.ply, cameras.json, …) from the job's gpu node."""
     job = await run_in_threadpool(store.get_job, job_id)

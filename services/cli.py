@@ -126,6 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
                            "COSMA_TOKEN or --token-file.")
         add_settings_arguments(p, settings_cls)
         p.set_defaults(settings_cls=settings_cls, factory=factory)
+        if name == "core":
+            from services.core.cli_cmds import add_core_action
+
+            add_core_action(p)
 
     from services.demo.run import add_demo_arguments, cmd_demo
 
@@ -149,6 +153,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_client_arguments(status)
     status.add_argument("job", nargs="?", type=int, help="a job number (default: all jobs)")
     status.set_defaults(func=cmd_status)
+
+    from services.core.cli_cmds import add_nodes_parser
+
+    add_nodes_parser(sub, _add_client_arguments)
     return parser
 
 
@@ -156,6 +164,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if hasattr(args, "func"):
         return args.func(args) or 0
+    if getattr(args, "action", "serve") == "migrate":
+        from services.core.cli_cmds import cmd_core_migrate
+
+        return cmd_core_migrate(args)
     settings: ServiceSettings = settings_from_args(args.settings_cls, args)
     from shared.service import serve
 

@@ -154,6 +154,15 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("job", nargs="?", type=int, help="a job number (default: all jobs)")
     status.set_defaults(func=cmd_status)
 
+    from services.gpu_agent.lingbot_check import (
+        add_lingbot_check_arguments,
+        cmd_lingbot_check,
+    )
+
+    check = sub.add_parser("lingbot-check", help="run LingBot-Map once on this GPU node: VRAM peak, frames/s, points")
+    add_lingbot_check_arguments(check)
+    check.set_defaults(func=cmd_lingbot_check)
+
     from services.core.cli_cmds import add_nodes_parser
 
     add_nodes_parser(sub, _add_client_arguments)

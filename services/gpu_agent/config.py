@@ -25,6 +25,8 @@ class GpuAgentSettings(ServiceSettings):
     storage_timeout_s: float = Field(60.0, gt=0, le=3600, description="read timeout on the frame stream")
     qc_filter_frames: bool = Field(False, description="drop blurry, black and frozen frames before reconstruction")
     qc_thresholds_file: Path | None = Field(None, description="JSON file of QC thresholds (see shared/qc.py)")
+    lingbot_python: Path | None = Field(None, description="python of LingBot-Map's own environment (torch, lingbot_map)")
+    lingbot_checkpoint: Path | None = Field(None, description="LingBot-Map checkpoint file (.pt; a pickle: trusted only)")
 
     @field_validator("qc_thresholds_file")
     @classmethod

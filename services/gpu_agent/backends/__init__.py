@@ -14,25 +14,54 @@ from shared.gpu import BackendInfo, GpuInfo
 
 #: Files every backend writes into the job folder.
 OUTPUT_FILES = ("reconstruction.ply", "cameras.json")
+#: The progress stages each runner reports, in order (to turn them into one job progress).
+RUNNER_STAGES = {
+    "colmap": ("features", "matching", "mapping", "writing"),
+    "lingbot": ("loading", "inference", "writing"),
+}
 
 
-def runner_argv(backend: str, frames_dir: Path, out_dir: Path, *, threads: int) -> list[str]:
+#: The lingbot runner, run by LingBot-Map's own interpreter as a script (not with -m: that
+#: environment has none of this project's packages).
+LINGBOT_RUNNER = Path(__file__).resolve().parent / "lingbot_runner.py"
+
+
+def runner_argv(backend: str, frames_dir: Path, out_dir: Path, *, threads: int,
+                lingbot_python: Path | None = None, lingbot_checkpoint: Path | None = None,
+                gpu_index: int | None = None) -> list[str]:  # fmt: skip
     if backend == "colmap":
         argv = [sys.executable, "-m", "services.gpu_agent.backends.colmap_runner",
                 "--frames", str(frames_dir), "--out", str(out_dir)]
         if threads > 0:
             argv += ["--threads", str(threads)]
         return argv
+    if backend == "lingbot":
+        if lingbot_python is None or lingbot_checkpoint is None:
+            raise ValueError("backend 'lingbot' is not configured on this node (lingbot_python, lingbot_checkpoint)")
+        return [str(lingbot_python), str(LINGBOT_RUNNER), "--frames", str(frames_dir), "--out", str(out_dir),
+                "--checkpoint", str(lingbot_checkpoint),
+                "--device", "cuda" if gpu_index is None else f"cuda:{gpu_index}"]  # fmt: skip
     raise ValueError(f"backend {backend!r} cannot run on this node")
 
 
-def available_backends(gpus: list[GpuInfo]) -> list[BackendInfo]:
+def available_backends(gpus: list[GpuInfo], *, lingbot_python: Path | None = None,
+                       lingbot_checkpoint: Path | None = None) -> list[BackendInfo]:  # fmt: skip
     """Which backends this node can run, and why not when it cannot."""
+    reason = lingbot_unavailable(gpus, lingbot_python, lingbot_checkpoint)
     return [
         BackendInfo(name="colmap", available=True, device="cpu"),
-        BackendInfo(
-            name="lingbot", available=False, device="gpu",
-            reason=("lingbot: no GPU on this node" if not gpus else
-                    "lingbot: LingBot-Map is not configured on this node (no interpreter/checkpoint)"),
-        ),
+        BackendInfo(name="lingbot", available=reason is None, device="gpu", reason=reason),
     ]
+
+
+def lingbot_unavailable(gpus: list[GpuInfo], python: Path | None, checkpoint: Path | None) -> str | None:
+    """Why LingBot-Map cannot run here, or None when it can."""
+    if not gpus:
+        return "lingbot: no GPU on this node"
+    if python is None or checkpoint is None:
+        return "lingbot: LingBot-Map is not configured on this node (set lingbot_python and lingbot_checkpoint)"
+    if not Path(python).is_file():
+        return f"lingbot: interpreter not found at {python}"
+    if not Path(checkpoint).is_file():
+        return f"lingbot: checkpoint not found at {checkpoint}"
+    return None

@@ -1,0 +1,1 @@
+"""TEST DOUBLE: ``lingbot_map.utils``."""

@@ -39,13 +39,11 @@ class Intrinsics(WireModel):
         default_factory=dict, description="unitless coefficients (k1, …): the same at every size"
     )
 
-    def scaled(self, width: int, height: int) -> "Intrinsics":
+    def scaled(self, width: int, height: int) -> Intrinsics:
         """The same camera at another image size (a resize of the whole frame)."""
         sx, sy = width / self.width, height / self.height
-        return self.model_copy(
-            update={"fx": self.fx * sx, "fy": self.fy * sy, "cx": self.cx * sx, "cy": self.cy * sy,
-                    "width": width, "height": height}  # fmt: skip
-        )
+        scaled = {"fx": self.fx * sx, "fy": self.fy * sy, "cx": self.cx * sx, "cy": self.cy * sy}
+        return self.model_copy(update=scaled | {"width": width, "height": height})
 
 
 class FrameSource(WireModel):
@@ -75,7 +73,7 @@ class CameraFrame(WireModel):
         return c2w
 
     @model_validator(mode="after")
-    def _pose_iff_registered(self) -> "CameraFrame":
+    def _pose_iff_registered(self) -> CameraFrame:
         if self.registered != (self.c2w is not None):
             raise ValueError(f"{self.name}: c2w must be given exactly when the frame is registered")
         return self
@@ -102,7 +100,7 @@ def write_cameras(path, cameras: Cameras) -> None:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        tmp.write_text(cameras.model_dump_json(indent=1))
+        tmp.write_text(cameras.model_dump_json())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -142,28 +142,38 @@ def trajectory_chart(
     pad = 40
     scale = (size - 2 * pad) / span
 
+    # Centre the path: the shorter axis gets equal margins on both sides.
+    off_x, off_y = ((size - 2 * pad) - (hi - lo) * scale) / 2
+
     def pt(p) -> tuple[float, float]:
-        return pad + (p[0] - lo[0]) * scale, size - pad - (p[1] - lo[1]) * scale
+        return pad + off_x + (p[0] - lo[0]) * scale, size - pad - off_y - (p[1] - lo[1]) * scale
+
+    def label(x: float, y: float, text: str, colour: str = "#1b1b1b") -> str:
+        # Labels point inwards so that none runs off the picture.
+        anchor, dx = ("end", -9) if x > size / 2 else ("start", 9)
+        return (f'<text x="{x + dx:.1f}" y="{y - 6:.1f}" text-anchor="{anchor}" fill="{colour}">'
+                f"{escape(text)}</text>")
 
     body = [f'<rect x="{pad / 2}" y="{pad / 2 + 8}" width="{size - pad}" height="{size - pad - 8}" fill="none" '
             f'stroke="#dddddd"/>']  # fmt: skip
+    jump_frames = {j.frame for j in jumps}
     for k in range(1, len(frames)):
         (xa, ya), (xb, yb) = pt(xy[k - 1]), pt(xy[k])
         across_gap = any(frames[k - 1] < g.first and frames[k] > g.last for g in gaps)
-        style = 'stroke="#e4572e" stroke-dasharray="4 3"' if across_gap else 'stroke="#1b6ca8"'
+        style = ('stroke="#e4572e" stroke-dasharray="4 3"' if across_gap
+                 else 'stroke="#e4572e"' if int(frames[k]) in jump_frames else 'stroke="#1b6ca8"')  # fmt: skip
         body.append(f'<line x1="{xa:.1f}" y1="{ya:.1f}" x2="{xb:.1f}" y2="{yb:.1f}" {style} stroke-width="1.6"/>')
-    jump_frames = {j.frame for j in jumps}
     for k, frame in enumerate(frames):
         x, y = pt(xy[k])
         if int(frame) in jump_frames:
             body.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="7" fill="none" stroke="#e4572e" stroke-width="2">'
                         f"<title>jump at frame {int(frame)}</title></circle>"
-                        f'<text x="{x + 9:.1f}" y="{y - 6:.1f}" fill="#e4572e">jump {int(frame)}</text>')  # fmt: skip
+                        + label(x, y, f"jump {int(frame)}", "#e4572e"))  # fmt: skip
     (sx0, sy0), (sx1, sy1) = pt(xy[0]), pt(xy[-1])
     body.append(f'<circle cx="{sx0:.1f}" cy="{sy0:.1f}" r="5" fill="#2a9d3f"/>'
-                f'<text x="{sx0 + 8:.1f}" y="{sy0 + 4:.1f}">start ({int(frames[0])})</text>'
-                f'<rect x="{sx1 - 5:.1f}" y="{sy1 - 5:.1f}" width="10" height="10" fill="#1b1b1b"/>'
-                f'<text x="{sx1 + 8:.1f}" y="{sy1 + 4:.1f}">end ({int(frames[-1])})</text>')  # fmt: skip
+                + label(sx0, sy0, f"start ({int(frames[0])})")
+                + f'<rect x="{sx1 - 5:.1f}" y="{sy1 - 5:.1f}" width="10" height="10" fill="#1b1b1b"/>'
+                + label(sx1, sy1, f"end ({int(frames[-1])})"))  # fmt: skip
     note = f"{len(jumps)} jump(s), {len(gaps)} gap(s) (dashed red)"
     body.append(f'<text x="{pad / 2}" y="{size - 6}" fill="#555">{escape(note)}</text>')
     return _svg(body, title, size, size)

@@ -51,7 +51,7 @@ def run_job(url: str, storage_url: str, path: str, *, qc: QcOptions | None = Non
 
 def test_filtered_job_gives_the_backend_only_kept_frames_and_serves_the_report(tmp_path, storage_url, monkeypatch):
     # FAKE backend (labelled): records which frames the job manager handed over.
-    monkeypatch.setattr(jobs_module, "runner_argv", lambda backend, frames_dir, out_dir, threads: [
+    monkeypatch.setattr(jobs_module, "runner_argv", lambda backend, frames_dir, out_dir, **options: [
         sys.executable, str(FAKE_BACKEND), "--frames", str(frames_dir), "--out", str(out_dir)])
     settings = GpuAgentSettings(workdir=tmp_path / "frames", token=TOKEN)
     with serve_app(create_app(settings)) as url:

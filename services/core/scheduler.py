@@ -397,16 +397,25 @@ class Scheduler:
             if job.node in views:
                 views[job.node].jobs.append(job)
         decisions = []
+        # Why a job of this shape fits nowhere; valid until the next placement changes capacity.
+        # Thousands of queued jobs come in a few shapes: each is tried on the nodes once.
+        no_room: dict[tuple, str] = {}
         for job in queued:
             missing = next((v.storage for v in videos[job.id] if v.storage not in storage_online), None)
             if missing is not None:
                 decisions.append(Decision(job.id, message=f"waiting: storage node {missing} is not online"))
                 continue
+            shape = (job.backend, job.frames_estimate, job.width, job.cpu_fallback)
+            if shape in no_room:
+                decisions.append(Decision(job.id, message=no_room[shape]))
+                continue
             placement, why = choose_node(job, list(views.values()), self._last_placed,
                                          jobs_per_gpu=self.settings.jobs_per_gpu)
             if placement is None:
+                no_room[shape] = why
                 decisions.append(Decision(job.id, message=why))
                 continue
+            no_room.clear()
             name = placement.node.name
             decisions.append(Decision(job.id, node=name, gpu_index=placement.gpu_index, backend=placement.backend,
                                       message=f"sent to {name}" + (f" ({why})" if why else "")))

@@ -371,42 +371,54 @@ class Store:
     def place(self, plan: Planner, *, batch: int, lease_s: float, now: datetime) -> list[Job]:
         """Claim up to ``batch`` queued jobs, let ``plan`` decide, apply; the jobs placed.
 
-        In one transaction: lock the gpu node rows (placement on them is serialized across
-        core processes, so capacity is counted once), then the queued jobs no one else holds
-        (``SKIP LOCKED``), read the active jobs fresh, and write the decisions.
+        In one transaction: lock the node rows (placement is serialized across core
+        processes, so capacity is counted once), then the queued jobs no one else holds
+        (``SKIP LOCKED``), read the active jobs fresh, and write the decisions. Jobs are read
+        as plain rows (:class:`JobRow`): building ORM objects for thousands of queued jobs
+        would cost more than the whole decision.
         """
+        jobs = Job.__table__
         with self.session() as session:
             nodes = list(session.exec(select(Node).order_by(Node.name).with_for_update(of=Node)).all())
-            queued = list(session.exec(
-                select(Job).where(Job.state == JobState.queued)
-                .order_by(col(Job.priority).desc(), col(Job.id)).limit(batch)
-                .with_for_update(skip_locked=True)
-            ).all())
+            conn = session.connection()
+            queued = [JobRow(row) for row in conn.execute(
+                sa.select(jobs).where(jobs.c.state == JobState.queued)
+                .order_by(jobs.c.priority.desc(), jobs.c.id).limit(batch).with_for_update(skip_locked=True)
+            ).mappings()]
             if not queued:
                 session.rollback()
                 return []
-            active = list(session.exec(select(Job).where(col(Job.state).in_(ACTIVE_STATES))).all())
-            videos = _videos_of(session, [j.id for j in queued])
+            active = [JobRow(row) for row in conn.execute(
+                sa.select(jobs).where(jobs.c.state.in_(ACTIVE_STATES))).mappings()]
+            videos: dict[int, list] = {j.id: [] for j in queued}
+            ids = list(videos)
+            for start in range(0, len(ids), 5000):
+                for row in conn.execute(sa.select(JobVideo.__table__.c.job_id, JobVideo.__table__.c.storage)
+                                        .where(JobVideo.__table__.c.job_id.in_(ids[start:start + 5000]))):
+                    videos[row.job_id].append(row)
             by_id = {j.id: j for j in queued}
-            placed = []
+            placed, waiting = [], []
             for decision in plan(queued, videos, nodes, active):
                 job = by_id[decision.job_id]
                 if decision.node is None:
                     message = _waiting_message(job, decision.message)
                     if message != job.message:  # most ticks change nothing: do not write
-                        job.message, job.updated_at = message, now
-                        session.add(job)
+                        waiting.append({"b_id": job.id, "message": message})
                     continue
                 job.state, job.node, job.gpu_index, job.run_backend = (
                     JobState.assigned, decision.node, decision.gpu_index, decision.backend)
-                job.stage, job.progress, job.error, job.files = "", 0.0, None, []
                 job.message = decision.message or f"sent to {decision.node}"
-                job.lease_expires_at, job.updated_at = now + timedelta(seconds=lease_s), now
-                session.add(job)
+                conn.execute(jobs.update().where(jobs.c.id == job.id).values(
+                    state=JobState.assigned, node=job.node, gpu_index=job.gpu_index, run_backend=job.run_backend,
+                    stage="", progress=0.0, error=None, files=[], message=job.message,
+                    lease_expires_at=now + timedelta(seconds=lease_s), updated_at=now))
                 session.add(_job_event(job, now))
-                placed.append(job)
+                placed.append(job.id)
+            if waiting:
+                conn.execute(jobs.update().where(jobs.c.id == sa.bindparam("b_id"))
+                             .values(message=sa.bindparam("message"), updated_at=now), waiting)
             session.commit()
-            return placed
+        return [self.jobs_by_id(placed)[i] for i in placed] if placed else []
 
     def assign(self, job_id: int, *, attempt: int, node: str, lease_s: float, now: datetime,
                gpu_index: int | None = None, backend: str | None = None) -> Job | None:
@@ -550,6 +562,17 @@ class Store:
                               attempt=job.attempt, message="deleted by request"))
             session.commit()
         return job
+
+
+class JobRow:
+    """A job read as a plain row, for placement: the columns as attributes, nothing more."""
+
+    def __init__(self, row):
+        self.__dict__.update(row)
+
+    @property
+    def placed_backend(self) -> str:
+        return self.run_backend or self.backend
 
 
 def _videos_of(session: Session, job_ids: Iterable[int]) -> dict[int, list[JobVideo]]:

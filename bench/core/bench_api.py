@@ -1,0 +1,145 @@
+"""API load benchmark: the core in its own process, load from this one, over loopback.
+
+Seeds the database with ``--stored`` jobs (through the store, before the core starts),
+starts ``cosma-qc core`` as a subprocess (scheduler off: only the API is measured), serves
+a FAKE storage agent catalog from this process (job creation looks videos up there), then
+sends ``--requests`` of each kind with ``--concurrency`` clients:
+
+* list: ``GET /api/v1/jobs?limit=50`` (newest first, with the total count), and filtered by
+  state, and the second page by cursor;
+* create: ``POST /api/v1/jobs`` (one catalog lookup on the storage agent, then an insert).
+
+    .venv/bin/python bench/core/bench_api.py [--db sqlite|postgresql] [--stored 10000]
+
+Prints one JSON line per kind: p50/p95/p99 latency (ms) and requests per second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "tests" / "core"))
+
+from conftest import serve_app  # noqa: E402
+from core_fakes import FakeStorageAgent, video  # noqa: E402
+from pgcluster import ThrowawayPostgres, find_bindir  # noqa: E402
+from services.core.store import Job, JobVideo, NodeRole, Store, make_engine  # noqa: E402
+from shared.jobs import JobState  # noqa: E402
+
+TOKEN = "test-token-0123456789"  # the fakes' token
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def seed(url: str, stored: int, storage_url: str) -> None:
+    store = Store(make_engine(url))
+    store.migrate()
+    store.add_node(name="st", role=NodeRole.storage, url=storage_url)
+    now = datetime.now(timezone.utc)
+    states = [JobState.done, JobState.failed, JobState.queued, JobState.cancelled]
+    with store.session() as session:
+        for i in range(stored):
+            session.add(Job(id=i + 1, backend="colmap", fps=2, width=640, frames_estimate=20, state=states[i % 4],
+                            created_at=now, updated_at=now, message=f"seeded job {i}"))
+        session.flush()
+        for i in range(stored):
+            session.add(JobVideo(job_id=i + 1, position=0, storage="st", path=f"100GOPRO/GX01{i % 9999:04d}.MP4"))
+        session.commit()
+    if url.startswith("postgresql"):  # the seeded ids came from us, not the sequence
+        with store.engine.begin() as conn:
+            conn.exec_driver_sql("SELECT setval('jobs_id_seq', (SELECT max(id) FROM jobs))")
+    store.engine.dispose()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+async def load(base: str, kind: str, requests: int, concurrency: int) -> dict:
+    latencies: list[float] = []
+    counter = iter(range(requests))
+
+    async def one(client: httpx.AsyncClient, i: int) -> None:
+        started = time.perf_counter()
+        if kind == "create":
+            resp = await client.post("/api/v1/jobs", headers=AUTH, json={
+                "videos": [{"storage": "st", "path": "100GOPRO/GX010042.MP4"}]})
+        elif kind == "list":
+            resp = await client.get("/api/v1/jobs", params={"limit": 50})
+        elif kind == "list_filtered":
+            resp = await client.get("/api/v1/jobs", params={"limit": 50, "state": "failed", "q": "job 12"})
+        else:  # list_cursor
+            resp = await client.get("/api/v1/jobs", params={"limit": 50, "cursor": 5000})
+        latencies.append(time.perf_counter() - started)
+        if resp.status_code >= 400:
+            raise RuntimeError(f"{kind}: HTTP {resp.status_code}: {resp.text[:200]}")
+
+    async def worker() -> None:
+        async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+            for i in counter:
+                await one(client, i)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - started
+    q = statistics.quantiles([x * 1000 for x in latencies], n=100)
+    return {"kind": kind, "requests": requests, "concurrency": concurrency, "p50_ms": round(q[49], 2),
+            "p95_ms": round(q[94], 2), "p99_ms": round(q[98], 2), "req_per_s": round(requests / elapsed, 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--db", choices=["sqlite", "postgresql"], default="sqlite")
+    parser.add_argument("--stored", type=int, default=10_000)
+    parser.add_argument("--requests", type=int, default=1000)
+    parser.add_argument("--concurrency", type=int, default=8)
+    args = parser.parse_args()
+
+    cluster = ThrowawayPostgres(find_bindir()).start() if args.db == "postgresql" else None
+    tmp = Path(tempfile.mkdtemp(prefix="cosma-bench-api-"))
+    try:
+        url = cluster.create_database() if cluster else f"sqlite:///{tmp / 'core.db'}"
+        storage = FakeStorageAgent([video("100GOPRO/GX010042.MP4")])
+        with serve_app(storage.build_app()) as storage_url:
+            seed(url, args.stored, storage_url)
+            port = free_port()
+            env = {**os.environ, "COSMA_TOKEN": TOKEN, "COSMA_CORE_DATABASE_URL": url}
+            core = subprocess.Popen([sys.executable, "-m", "services.cli", "core", "--port", str(port),
+                                     "--no-scheduler-enabled", "--log-level", "warning"], env=env, cwd=ROOT)
+            base = f"http://127.0.0.1:{port}"
+            try:
+                for _ in range(200):
+                    try:
+                        if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+                            break
+                    except httpx.HTTPError:
+                        time.sleep(0.1)
+                for kind in ("list", "list_filtered", "list_cursor", "create"):
+                    result = asyncio.run(load(base, kind, args.requests, args.concurrency))
+                    print(json.dumps({"db": args.db, "stored": args.stored, **result}), flush=True)
+            finally:
+                core.terminate()
+                core.wait(timeout=30)
+    finally:
+        if cluster:
+            cluster.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -26,7 +26,8 @@ class JobState(str, Enum):
         return self in (JobState.done, JobState.failed, JobState.cancelled)
 
 
-Backend = Literal["colmap", "lingbot"]
+#: ``auto``: the agent runs lingbot when it can and a GPU has room, else colmap.
+Backend = Literal["colmap", "lingbot", "auto"]
 
 
 class ExtractParams(WireModel):
@@ -67,5 +68,6 @@ class AgentJob(WireModel):
     frames: int = 0
     videos_done: int = 0
     files: list[str] = []
+    backend_used: str | None = Field(None, description="the backend that ran (resolves 'auto')")
     created_at: datetime
     updated_at: datetime

@@ -20,7 +20,7 @@ def create_app(settings: GpuAgentSettings, *, probe: GpuProbe | None = None) -> 
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
-        manager = JobManager(settings, token)
+        manager = JobManager(settings, token, app.state.probe)
         app.state.manager = manager
         await manager.start()
         try:

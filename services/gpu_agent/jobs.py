@@ -20,9 +20,12 @@ from shared.errors import Conflict, NotFound
 from shared.frames import FRAMES_INDEX_NAME, FrameIndex, IndexedFrame, IndexedVideo
 from shared.jobs import AgentJob, JobSpec, JobState
 from shared.procs import Supervised
+from shared.vram import estimate_vram_mib
 
-from services.gpu_agent.backends import OUTPUT_FILES, runner_argv
+from services.gpu_agent.backends import OUTPUT_FILES, RUNNER_STAGES, lingbot_unavailable, runner_argv
 from services.gpu_agent.config import GpuAgentSettings
+from services.gpu_agent.nvml import GpuProbe
+from services.gpu_agent.slots import NoGpu, Slots
 from services.gpu_agent.ingest import (
     IngestCancelled, IngestError, atomic_write_bytes, fetch_video_info, pull_video,
 )
@@ -49,8 +52,9 @@ def job_dir_name(job_id: int) -> str:
 
 
 class JobManager:
-    def __init__(self, settings: GpuAgentSettings, token: str):
+    def __init__(self, settings: GpuAgentSettings, token: str, probe: GpuProbe):
         self.settings = settings
+        self.probe = probe
         self.token = token
         self.root = settings.workdir
         self.jobs: dict[int, AgentJob] = {}
@@ -58,7 +62,7 @@ class JobManager:
         self._tasks: dict[int, asyncio.Task] = {}
         self._cancel_events: dict[int, threading.Event] = {}
         self._ingest_slots = asyncio.Semaphore(settings.ingests)
-        self._cpu_slots = asyncio.Semaphore(settings.cpu_jobs)
+        self.slots = Slots(probe, cpu_jobs=settings.cpu_jobs, jobs_per_gpu=settings.jobs_per_gpu)
         self._qc: dict[int, JobQc] = {}  # set up by _ingest, used until the QC report is written
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -181,9 +185,11 @@ class JobManager:
         try:
             async with self._ingest_slots:
                 await self._ingest(job_id)
-            async with self._cpu_slots:
+            backend = await asyncio.to_thread(self._choose_backend, job_id)
+            slot = self.slots.gpu() if backend == "lingbot" else self.slots.cpu()
+            async with slot as gpu_index:
                 try:
-                    await self._reconstruct(job_id)
+                    await self._reconstruct(job_id, backend, gpu_index)
                 except BackendFailed as exc:
                     await self._write_qc(job_id, error=str(exc))  # the operator still sees the frames' QC
                     raise
@@ -196,7 +202,7 @@ class JobManager:
             raise
         except IngestCancelled:
             pass
-        except (IngestError, BackendFailed) as exc:
+        except (IngestError, BackendFailed, NoGpu) as exc:
             self._update(job_id, state=JobState.failed, stage="failed", error=str(exc), message="failed")
         except Exception as exc:  # noqa: BLE001 - a job's bug must not take the agent down
             log.exception("job %s crashed", job_id)
@@ -273,16 +279,35 @@ class JobManager:
             atomic_write_bytes(job_dir / f".video_{i}.done", b"")
             self._update(job_id, progress=(i + 1) / n, videos_done=i + 1, frames=len(index.frames))
 
-    async def _reconstruct(self, job_id: int) -> None:
+    def _choose_backend(self, job_id: int) -> str:
+        """The backend to run: the job's, or for ``auto`` lingbot when it can run and fits."""
+        job = self.jobs[job_id]
+        if job.spec.backend != "auto":
+            return job.spec.backend
+        gpus, _ = self.probe.read()
+        reason = lingbot_unavailable(gpus, self.settings.lingbot_python, self.settings.lingbot_checkpoint)
+        need_mib = estimate_vram_mib("lingbot", job.frames, job.spec.extract.width, None)
+        best_free = max((g.memory_free_mib for g in gpus), default=0)
+        if reason is None and best_free < need_mib:
+            reason = f"lingbot needs ~{need_mib} MiB of GPU memory, the freest GPU has {best_free} MiB"
+        backend, why = ("colmap", f"auto chose colmap: {reason}") if reason else (
+            "lingbot", f"auto chose lingbot ({best_free} MiB free, ~{need_mib} MiB needed)")
+        self._update(job_id, backend_used=backend, message=why)
+        return backend
+
+    async def _reconstruct(self, job_id: int, backend: str, gpu_index: int | None) -> None:
         job = self.jobs[job_id]
         job_dir = self.job_dir(job_id)
         for name in OUTPUT_FILES:
             (job_dir / name).unlink(missing_ok=True)
-        self._update(job_id, state=JobState.reconstructing, stage="reconstructing",
-                     message=f"{job.spec.backend}: starting on {job.frames} frames")
+        where = f" on GPU {gpu_index}" if gpu_index is not None else ""
+        self._update(job_id, state=JobState.reconstructing, stage="reconstructing", backend_used=backend,
+                     message=f"{backend}: starting on {job.frames} frames{where}")
         qc = self._qc.get(job_id)
         frames_dir = await asyncio.to_thread(qc.frames_for_backend) if qc else job_dir  # only kept frames
-        argv = runner_argv(job.spec.backend, frames_dir, job_dir, threads=self.settings.backend_threads)
+        argv = runner_argv(backend, frames_dir, job_dir, threads=self.settings.backend_threads,
+                           lingbot_python=self.settings.lingbot_python,
+                           lingbot_checkpoint=self.settings.lingbot_checkpoint, gpu_index=gpu_index)
         proc = await Supervised.start(argv, cwd=job_dir)
         try:
             while line := await proc.stdout.readline():
@@ -295,7 +320,7 @@ class JobManager:
             raise BackendFailed(f"reconstruction failed: {proc.describe_exit(rc)}")
         missing = [name for name in OUTPUT_FILES if not (job_dir / name).exists()]
         if missing:
-            raise BackendFailed(f"the {job.spec.backend} backend exited without writing {', '.join(missing)}")
+            raise BackendFailed(f"the {backend} backend exited without writing {', '.join(missing)}")
 
     async def _write_qc(self, job_id: int, *, error: str | None = None) -> None:
         """``qc.json``, plots and ``report.html``; a QC bug is logged, never the job's failure."""
@@ -314,7 +339,7 @@ class JobManager:
         except (ValueError, KeyError, TypeError):
             log.debug("job %s: runner said %r", job_id, line[:200])
             return
-        stages = ("features", "matching", "mapping", "writing")
+        stages = RUNNER_STAGES.get(self.jobs[job_id].backend_used or self.jobs[job_id].spec.backend, ())
         share = (stages.index(stage) + min(max(progress, 0.0), 1.0)) / len(stages) if stage in stages else 0.0
         message = str(event.get("message") or stage)
         self._update(job_id, progress=share, message=message)

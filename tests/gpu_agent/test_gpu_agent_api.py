@@ -236,3 +236,40 @@ def test_a_busy_storage_agent_is_tried_again_not_failed(tmp_path, videos, monkey
                        what="the agent to report a retry")
         job = _wait_state(url, 12, "reconstructing", "done", "failed")
     assert job["videos_done"] == 1 and job["frames"] == 5, job
+
+
+def test_auto_backend_without_a_gpu_runs_colmap_and_says_why(agent, storage_url):
+    url, workdir = agent
+    body = spec(13, storage_url, "GX020001.MP4")
+    body["backend"] = "auto"
+    httpx.put(f"{url}/jobs/13", json=body, headers=AUTH)
+    job = _wait_state(url, 13, "reconstructing", "done", "failed")
+    assert job["backend_used"] == "colmap"
+    state = json.loads((workdir / "job_13" / "state.json").read_text())
+    assert state["backend_used"] == "colmap"
+
+
+def test_slots_pick_the_gpu_with_most_free_memory_and_never_overcommit():
+    import asyncio
+
+    from services.gpu_agent.slots import NoGpu, Slots
+
+    gpus = [GpuInfo(index=0, name="RTX 3060", uuid="a", memory_total_mib=12288, memory_used_mib=0,
+                    memory_free_mib=12000),
+            GpuInfo(index=1, name="RTX 3090", uuid="b", memory_total_mib=24576, memory_used_mib=0,
+                    memory_free_mib=24000)]
+
+    async def scenario():
+        slots = Slots(RecordedProbe(gpus), cpu_jobs=1, jobs_per_gpu=1)
+        async with slots.gpu() as first:
+            async with slots.gpu() as second:
+                third = asyncio.create_task(slots.gpu().__aenter__())
+                await asyncio.sleep(0.05)
+                assert not third.done()  # both GPUs busy: waits
+                assert (first, second) == (1, 0)
+            assert await asyncio.wait_for(third, 2) == 0
+        with pytest.raises(NoGpu):
+            async with Slots(RecordedProbe([], "NVML unavailable"), cpu_jobs=1, jobs_per_gpu=1).gpu():
+                pass
+
+    asyncio.run(scenario())

@@ -1,0 +1,54 @@
+"""Reconstruction slots: how many backends run at once, on the CPU and on each GPU."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+from typing import AsyncIterator
+
+from services.gpu_agent.nvml import GpuProbe
+
+
+class NoGpu(Exception):
+    pass
+
+
+class Slots:
+    """``cpu_jobs`` CPU reconstructions at once; ``jobs_per_gpu`` per GPU, on the GPU with most free memory."""
+
+    def __init__(self, probe: GpuProbe, *, cpu_jobs: int, jobs_per_gpu: int):
+        self._probe = probe
+        self._cpu = asyncio.Semaphore(cpu_jobs)
+        self._per_gpu = jobs_per_gpu
+        self._running: collections.Counter[int] = collections.Counter()
+        self._changed = asyncio.Condition()
+
+    @contextlib.asynccontextmanager
+    async def cpu(self) -> AsyncIterator[None]:
+        async with self._cpu:
+            yield None
+
+    @contextlib.asynccontextmanager
+    async def gpu(self) -> AsyncIterator[int]:
+        """Wait for a GPU with a free slot; yields its index."""
+        async with self._changed:
+            while True:
+                gpus, error = await asyncio.to_thread(self._probe.read)
+                if not gpus:
+                    raise NoGpu(error or "no GPU on this node")
+                free = [g for g in gpus if self._running[g.index] < self._per_gpu]
+                if free:
+                    index = max(free, key=lambda g: g.memory_free_mib).index
+                    self._running[index] += 1
+                    break
+                await self._changed.wait()
+        try:
+            yield index
+        finally:
+            async with self._changed:
+                self._running[index] -= 1
+                self._changed.notify_all()
+
+    def running(self) -> dict[int, int]:
+        return {i: n for i, n in self._running.items() if n}

@@ -28,3 +28,11 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     || { echo "setup: the install failed; see the pip output above" >&2; exit 1; }
   echo "$want" > "$stamp"
 fi
+
+# The lingbot runner's tests drive it against a test double of LingBot-Map, which needs torch.
+# On GPU nodes torch lives in LingBot-Map's own environment, never in this one; here the CPU
+# build is enough. Skip with COSMA_SKIP_TORCH=1 (those tests then skip and say why).
+if [ "${COSMA_SKIP_TORCH:-0}" != 1 ] && ! .venv/bin/python -c "import torch" 2>/dev/null; then
+  echo "setup: installing torch (CPU) for the lingbot adapter's tests"
+  .venv/bin/python -m pip install -q torch==2.13.0 2>&1 | grep -v WARNING || true
+fi

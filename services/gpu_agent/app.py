@@ -9,6 +9,7 @@ from fastapi import Depends, FastAPI
 from shared.auth import BearerAuth
 from shared.service import make_app
 
+from services.gpu_agent.api.results import router as results_router
 from services.gpu_agent.api.routes import router
 from services.gpu_agent.config import GpuAgentSettings
 from services.gpu_agent.jobs import JobManager
@@ -31,4 +32,5 @@ def create_app(settings: GpuAgentSettings, *, probe: GpuProbe | None = None) -> 
     app = make_app(title="COSMA QC gpu agent", role="gpu", node_id=settings.node_id, lifespan=lifespan)
     app.state.probe = probe or NvmlProbe()
     app.include_router(router, dependencies=[Depends(BearerAuth(token))])
+    app.include_router(results_router, dependencies=[Depends(BearerAuth(token))])
     return app

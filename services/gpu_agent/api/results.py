@@ -1,0 +1,64 @@
+"""What people do with a finished job: download it (PLY, GLB) and look at it (viewers)."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi.responses import FileResponse
+
+from shared.errors import BadRequest, NotFound
+
+from services.gpu_agent.api.routes import ManagerDep
+from services.gpu_agent.glb import PLY_NAME, SAFE_MAX_POINTS, GlbCache, GlbInputsMissing, GlbOptions
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app: FastAPI):
+    # Entered after the app's own lifespan, so the job manager exists already.
+    app.state.glb = GlbCache()
+    yield
+
+
+router = APIRouter(lifespan=lifespan)
+
+
+def get_glb(request: Request) -> GlbCache:
+    return request.app.state.glb
+
+
+GlbDep = Annotated[GlbCache, Depends(get_glb)]
+
+
+@router.get("/jobs/{job_id}/reconstruction.glb")
+async def get_reconstruction_glb(
+    job_id: int,
+    manager: ManagerDep,
+    glb: GlbDep,
+    frustums: Annotated[bool, Query(description="draw the cameras as frustums")] = True,
+    max_points: Annotated[int | None, Query(ge=1, le=100_000_000, description="cap on points")] = None,
+    safe: Annotated[bool, Query(description=f"light variant: at most {SAFE_MAX_POINTS} points")] = False,
+) -> FileResponse:
+    """The reconstruction as glTF 2.0 binary, built on demand and cached beside its inputs."""
+    manager.get(job_id)
+    if safe:
+        max_points = min(max_points or SAFE_MAX_POINTS, SAFE_MAX_POINTS)
+    options = GlbOptions(frustums=frustums, max_points=max_points)
+    try:
+        path = await glb.get(manager.job_dir(job_id), options)
+    except GlbInputsMissing as exc:
+        raise NotFound(str(exc), code="no_reconstruction") from None
+    except ValueError as exc:  # a malformed PLY or cameras.json
+        raise BadRequest(f"job {job_id}: cannot export its reconstruction: {exc}", code="bad_reconstruction") from None
+    return FileResponse(path, media_type="model/gltf-binary", filename=f"job_{job_id}_{path.name}")
+
+
+@router.get("/jobs/{job_id}/reconstruction.ply")
+async def get_reconstruction_ply(job_id: int, manager: ManagerDep) -> FileResponse:
+    """The full point cloud (binary PLY); HTTP Range requests resume a large download."""
+    manager.get(job_id)
+    path = manager.job_dir(job_id) / PLY_NAME
+    if not path.is_file():
+        raise NotFound(f"job {job_id} has no {PLY_NAME} (yet)", code="no_reconstruction")
+    return FileResponse(path, media_type="application/octet-stream", filename=f"job_{job_id}_{PLY_NAME}")

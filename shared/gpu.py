@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from pydantic import Field
 
 from shared.base import WireModel
@@ -26,6 +28,16 @@ class BackendInfo(WireModel):
     reason: str | None = Field(None, description="why the backend cannot run here")
 
 
+class ViewerInfo(WireModel):
+    """A running viser viewer of one job."""
+
+    job_id: int
+    port: int = Field(ge=1, le=65535, description="the port the viewer really listens on")
+    pid: int
+    started_at: datetime
+    idle_timeout_s: float = Field(description="it stops after this long with no browser connected")
+
+
 class AgentStatus(WireModel):
     node_id: str
     gpus: list[GpuInfo]
@@ -36,3 +48,4 @@ class AgentStatus(WireModel):
     disk_free_mib: int
     jobs: list[AgentJob]
     unknown_folders: list[str] = Field([], description="job folders without a readable state.json, left alone")
+    viewers: list[ViewerInfo] = Field([], description="running viser viewers")

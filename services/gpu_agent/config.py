@@ -27,6 +27,12 @@ class GpuAgentSettings(ServiceSettings):
     qc_thresholds_file: Path | None = Field(None, description="JSON file of QC thresholds (see shared/qc.py)")
     lingbot_python: Path | None = Field(None, description="python of LingBot-Map's own environment (torch, lingbot_map)")
     lingbot_checkpoint: Path | None = Field(None, description="LingBot-Map checkpoint file (.pt; a pickle: trusted only)")
+    viewer_base_port: int = Field(8100, ge=1, le=65535, description="job N's viewer listens on this port + N")
+    viewer_host: str = Field("0.0.0.0", description="address the viewers listen on")
+    viewer_max: int = Field(4, ge=1, le=64, description="viewers running at once")
+    viewer_idle_timeout_s: float = Field(1800.0, gt=0, description="a viewer stops after this long with no browser")
+    viewer_max_points: int = Field(300_000, ge=1000, description="points a viewer sends to the browser")
+    viewer_start_timeout_s: float = Field(60.0, gt=0, description="wait for a viewer to start serving")
 
     @field_validator("qc_thresholds_file")
     @classmethod

@@ -5,20 +5,26 @@ from __future__ import annotations
 import contextlib
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
 from fastapi.responses import FileResponse
 
 from shared.errors import BadRequest, NotFound
+from shared.gpu import ViewerInfo
 
 from services.gpu_agent.api.routes import ManagerDep
 from services.gpu_agent.glb import PLY_NAME, SAFE_MAX_POINTS, GlbCache, GlbInputsMissing, GlbOptions
+from services.gpu_agent.viewer import ViewerManager
 
 
 @contextlib.asynccontextmanager
 async def lifespan(app: FastAPI):
     # Entered after the app's own lifespan, so the job manager exists already.
     app.state.glb = GlbCache()
-    yield
+    app.state.viewers = ViewerManager(app.state.manager.settings)
+    try:
+        yield
+    finally:
+        await app.state.viewers.stop_all()
 
 
 router = APIRouter(lifespan=lifespan)
@@ -29,6 +35,13 @@ def get_glb(request: Request) -> GlbCache:
 
 
 GlbDep = Annotated[GlbCache, Depends(get_glb)]
+
+
+def get_viewers(request: Request) -> ViewerManager:
+    return request.app.state.viewers
+
+
+ViewersDep = Annotated[ViewerManager, Depends(get_viewers)]
 
 
 @router.get("/jobs/{job_id}/reconstruction.glb")
@@ -62,3 +75,18 @@ async def get_reconstruction_ply(job_id: int, manager: ManagerDep) -> FileRespon
     if not path.is_file():
         raise NotFound(f"job {job_id} has no {PLY_NAME} (yet)", code="no_reconstruction")
     return FileResponse(path, media_type="application/octet-stream", filename=f"job_{job_id}_{PLY_NAME}")
+
+
+@router.post("/jobs/{job_id}/viewer")
+async def start_viewer(job_id: int, manager: ManagerDep, viewers: ViewersDep, response: Response) -> ViewerInfo:
+    """Start the job's viser viewer on ``viewer_base_port + job_id`` (201), or return the running one (200)."""
+    manager.get(job_id)
+    info, started = await viewers.start(job_id, manager.job_dir(job_id))
+    response.status_code = 201 if started else 200
+    return info
+
+
+@router.delete("/jobs/{job_id}/viewer")
+async def stop_viewer(job_id: int, viewers: ViewersDep) -> ViewerInfo:
+    """Stop the job's viewer and free its port."""
+    return await viewers.stop(job_id)

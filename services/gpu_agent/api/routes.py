@@ -46,6 +46,7 @@ async def get_status(request: Request, manager: ManagerDep) -> AgentStatus:
         disk_free_mib=disk.free // (1024 * 1024),
         jobs=list(manager.jobs.values()),
         unknown_folders=list(manager.unknown_folders),
+        viewers=request.app.state.viewers.list(),
     )
 
 
@@ -71,9 +72,12 @@ async def get_job(job_id: int, manager: ManagerDep) -> AgentJob:
 
 @router.delete("/jobs/{job_id}", status_code=200)
 async def cancel_job(
-    job_id: int, manager: ManagerDep, purge: Annotated[bool, Query(description="also delete its folder")] = False
+    job_id: int, manager: ManagerDep, request: Request,
+    purge: Annotated[bool, Query(description="also delete its folder")] = False,
 ) -> AgentJob | None:
     """Cancel a job (its backend's process group is stopped); ``purge=true`` also deletes its files."""
+    if purge:
+        await request.app.state.viewers.stop_quietly(job_id)  # it would show deleted files
     return await manager.cancel(job_id, purge=purge)
 
 

@@ -32,8 +32,8 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(ROOT / "tests" / "core"))
+sys.path.insert(0, str(ROOT))
+sys.path += [str(ROOT / "tests"), str(ROOT / "tests" / "core")]  # after ROOT: tests/shared is not shared/
 
 from conftest import serve_app  # noqa: E402
 from core_fakes import FakeStorageAgent, video  # noqa: E402

@@ -1,4 +1,4 @@
-"""What every service's FastAPI app has: ``/health``, the API version header, typed errors."""
+"""What every service's FastAPI app has: ``/health``, ``/metrics``, the API version header, typed errors."""
 
 from __future__ import annotations
 
@@ -11,11 +11,15 @@ from fastapi import FastAPI, Request
 from shared import API_VERSION, API_VERSION_HEADER, __version__
 from shared.errors import install_error_handlers
 from shared.health import Health, Role
+from shared.metrics import CollectorRegistry, install_metrics
 
 
-def make_app(*, title: str, role: Role, node_id: str, lifespan: Any = None) -> FastAPI:
+def make_app(*, title: str, role: Role, node_id: str, lifespan: Any = None,
+             metrics: CollectorRegistry | None = None) -> FastAPI:
+    """A service's app; ``app.state.metrics`` is its Prometheus registry (``metrics`` or a new one)."""
     app = FastAPI(title=title, version=__version__, lifespan=lifespan)
     install_error_handlers(app)
+    install_metrics(app, role=role, node_id=node_id, version=__version__, registry=metrics)
 
     @app.middleware("http")
     async def _version_header(request: Request, call_next):

@@ -14,6 +14,7 @@ from shared.service import make_app
 from services.core.agents import AgentClient
 from services.core.api import catalog, events, jobs, nodes, pages
 from services.core.config import CoreSettings
+from services.core.metrics import install_core_metrics
 from services.core.models import API_PREFIX
 from services.core.scheduler import Scheduler
 from services.core.store import Store, make_engine
@@ -55,6 +56,7 @@ def create_app(settings: CoreSettings) -> FastAPI:
     app.state.store = store
     app.state.agents = agents
     app.state.scheduler = scheduler
+    install_core_metrics(app.state.metrics, store, scheduler.metrics)
     app.state.scheduler_task = None
     app.state.auth = BearerAuth(token)
     app.include_router(jobs.router, prefix=API_PREFIX)

@@ -34,6 +34,7 @@ from shared.jobs import AgentJob, ExtractParams, JobSpec, JobState, VideoSource
 
 from services.core.agents import AgentClient, AgentError, AgentRequestError
 from services.core.config import CoreSettings
+from services.core.metrics import SchedulerMetrics, timed
 from services.core.store import Decision, Job, JobVideo, Node, NodeRole, NodeState, Store, utcnow
 
 log = logging.getLogger(__name__)
@@ -222,6 +223,7 @@ class Scheduler:
         self._reachable: dict[str, str | None] = {}  # node → None if polled fine this tick, else why not
         self._strangers: set[tuple[str, int]] = set()  # (node, job) runs we do not know, logged once
         self._tick_lock = asyncio.Lock()
+        self.metrics = SchedulerMetrics()  # registered on the app's /metrics by create_app
 
     async def reconcile(self) -> None:
         """At core start: take up every unfinished job where its agent has it.
@@ -259,7 +261,7 @@ class Scheduler:
 
     async def tick(self) -> None:
         """One round: poll nodes, poll placed jobs, place queued jobs (one round at a time)."""
-        async with self._tick_lock:
+        async with self._tick_lock, timed(self.metrics.tick_seconds):
             nodes = await self._db(self.store.list_nodes)
             await self._poll_nodes(nodes)
             await self._poll_jobs({n.name: n for n in nodes})
@@ -286,6 +288,7 @@ class Scheduler:
                 await self.agents.health(node.url)
                 status = None
         except AgentError as exc:
+            self.metrics.poll_failures.labels(node.name).inc()
             self._reachable[node.name] = exc.message
             self._backoff.failed(node.name, now)
             if isinstance(exc, AgentRequestError):
@@ -336,6 +339,7 @@ class Scheduler:
             try:
                 report = await self.agents.get_job(node.url, job.id)
             except AgentError as exc:
+                self.metrics.poll_failures.labels(node.name).inc()
                 problem = exc.message
                 if isinstance(exc, AgentRequestError) and exc.status_code == 404:
                     problem = f"{node.name} does not know job {job.id}"
@@ -346,6 +350,7 @@ class Scheduler:
             else:
                 return await self._take_report(job, node, report, now)
         if job.lease_expires_at is None or now >= job.lease_expires_at:
+            self.metrics.lease_expiries.labels(node.name).inc()
             await self._requeue(job, f"{node.name} did not answer for {self.settings.lease_s:g} s ({problem})", now)
         elif job.message != f"no answer from {node.name}: {problem}":
             await self._db(self.store.note, job.id, f"no answer from {node.name}: {problem}",
@@ -379,6 +384,7 @@ class Scheduler:
         urls = {n.name: n.url for n in await self._db(self.store.list_nodes, NodeRole.gpu)}
         for job in placed:
             log.info("job %d (attempt %d, %s) placed on %s", job.id, job.attempt, job.placed_backend, job.node)
+            self.metrics.placements.labels(job.node).inc()
         await asyncio.gather(*(self._push(job, job.node, urls[job.node], self.clock()) for job in placed))
 
     def _plan(self, queued: list[Job], videos: dict[int, list[JobVideo]], nodes: list[Node],
@@ -436,7 +442,7 @@ class Scheduler:
                            node=node, attempt=job.attempt, now=now)
             return
         spec = JobSpec(
-            job_id=job.id, attempt=job.attempt, backend=job.placed_backend,
+            job_id=job.id, attempt=job.attempt, backend=job.placed_backend, gpu_index=job.gpu_index,
             videos=[VideoSource(storage_url=storage[v.storage].url, path=v.path) for v in videos],
             extract=ExtractParams(fps=job.fps, width=job.width, max_frames=job.max_frames),
         )

@@ -13,6 +13,7 @@ from services.gpu_agent.api.results import router as results_router
 from services.gpu_agent.api.routes import router
 from services.gpu_agent.config import GpuAgentSettings
 from services.gpu_agent.jobs import JobManager
+from services.gpu_agent.metrics import install_gpu_metrics
 from services.gpu_agent.nvml import GpuProbe, NvmlProbe
 
 
@@ -31,6 +32,7 @@ def create_app(settings: GpuAgentSettings, *, probe: GpuProbe | None = None) -> 
 
     app = make_app(title="COSMA QC gpu agent", role="gpu", node_id=settings.node_id, lifespan=lifespan)
     app.state.probe = probe or NvmlProbe()
+    install_gpu_metrics(app)
     app.include_router(router, dependencies=[Depends(BearerAuth(token))])
     app.include_router(results_router, dependencies=[Depends(BearerAuth(token))])
     return app

@@ -16,6 +16,8 @@ import threading
 from datetime import datetime, timezone
 from pathlib import Path
 
+from prometheus_client import Counter
+
 from shared.errors import Conflict, NotFound
 from shared.frames import FRAMES_INDEX_NAME, FrameIndex, IndexedFrame, IndexedVideo
 from shared.jobs import AgentJob, JobSpec, JobState
@@ -64,6 +66,8 @@ class JobManager:
         self._ingest_slots = asyncio.Semaphore(settings.ingests)
         self.slots = Slots(probe, cpu_jobs=settings.cpu_jobs, jobs_per_gpu=settings.jobs_per_gpu)
         self._qc: dict[int, JobQc] = {}  # set up by _ingest, used until the QC report is written
+        #: Read by /metrics (services/gpu_agent/metrics.py); a Counter because ingest threads add to it.
+        self.frames_ingested = Counter("cosma_gpu_frames_ingested", "Frames written to job folders", registry=None)
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -246,6 +250,7 @@ class JobManager:
                 nonlocal count
                 qc.observe(frame, _path)  # frame QC as frames land: no second pass over the files
                 count += 1
+                self.frames_ingested.inc()
                 within = min(count / expected, 0.99) if expected else 0.0
                 loop.call_soon_threadsafe(lambda c=count, w=within: self._update(
                     job_id, progress=(i + w) / n, frames=len(index.frames) + c,

@@ -14,6 +14,7 @@ from services.storage_agent.api.deps import StorageAgent
 from services.storage_agent.catalog import Catalog
 from services.storage_agent.config import StorageSettings
 from services.storage_agent.frames import Extractor
+from services.storage_agent.metrics import install_storage_metrics
 from services.storage_agent.paths import StorageRoots
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ def create_app(settings: StorageSettings) -> FastAPI:
 
     app = make_app(title="COSMA QC storage agent", role="storage", node_id=settings.node_id, lifespan=lifespan)
     app.state.agent = agent
+    install_storage_metrics(app.state.metrics, agent)
     for router in (videos.router, status.router):
         app.include_router(router, dependencies=[Depends(auth)])
     return app

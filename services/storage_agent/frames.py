@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import threading
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -111,6 +112,7 @@ class Extraction:
         self.plan = plan
         self.proc = proc
         self.frames = 0
+        self.bytes = 0  # tar bytes of the frame members sent so far
         self._stall_timeout_s = stall_timeout_s
         self._on_close = on_close
         self._closed = False
@@ -129,7 +131,9 @@ class Extraction:
                     break
                 for jpeg in jpegs:
                     self.frames += 1
-                    yield frame_member(self.frames, self.plan.timestamp(self.frames - 1), jpeg)
+                    member = frame_member(self.frames, self.plan.timestamp(self.frames - 1), jpeg)
+                    self.bytes += len(member)
+                    yield member
             if error is None:
                 error = await self._outcome(splitter.pending)
             if error is not None:
@@ -181,6 +185,10 @@ class Extractor:
     def __init__(self, *, max_concurrent: int, wait_s: float, stall_timeout_s: float):
         self.max_concurrent = max_concurrent
         self.running: set[Extraction] = set()
+        #: Frames and tar bytes of ended extractions; with ``running`` they make :meth:`totals`.
+        self.frames_done = 0
+        self.bytes_done = 0
+        self._totals_lock = threading.Lock()  # /metrics reads totals from a worker thread
         self._slots = asyncio.Semaphore(max_concurrent)
         self._wait_s = wait_s
         self._stall_timeout_s = stall_timeout_s
@@ -204,8 +212,18 @@ class Extractor:
         return extraction
 
     def _closed(self, extraction: Extraction) -> None:
-        self.running.discard(extraction)
+        with self._totals_lock:
+            self.running.discard(extraction)
+            self.frames_done += extraction.frames
+            self.bytes_done += extraction.bytes
         self._slots.release()
+
+    def totals(self) -> tuple[int, int]:
+        """Frames and tar bytes sent since start, running extractions included; safe from any thread."""
+        with self._totals_lock:
+            running = list(self.running)
+            return (self.frames_done + sum(e.frames for e in running),
+                    self.bytes_done + sum(e.bytes for e in running))
 
     async def close_all(self) -> None:
         for extraction in list(self.running):

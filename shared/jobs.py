@@ -51,6 +51,7 @@ class JobSpec(WireModel):
     videos: Annotated[list[VideoSource], Field(min_length=1, max_length=200)]
     extract: ExtractParams = ExtractParams()
     backend: Backend = "colmap"
+    gpu_index: Annotated[int | None, Field(ge=0, le=63, description="GPU the core counted the job against")] = None
     qc: QcOptions | None = Field(None, description="QC thresholds and frame filter; unset: the agent's settings")
 
 

@@ -190,7 +190,7 @@ class JobManager:
             async with self._ingest_slots:
                 await self._ingest(job_id)
             backend = await asyncio.to_thread(self._choose_backend, job_id)
-            slot = self.slots.gpu() if backend == "lingbot" else self.slots.cpu()
+            slot = self.slots.gpu(prefer=self.jobs[job_id].spec.gpu_index) if backend == "lingbot" else self.slots.cpu()
             async with slot as gpu_index:
                 try:
                     await self._reconstruct(job_id, backend, gpu_index)

@@ -30,8 +30,8 @@ class Slots:
             yield None
 
     @contextlib.asynccontextmanager
-    async def gpu(self) -> AsyncIterator[int]:
-        """Wait for a GPU with a free slot; yields its index."""
+    async def gpu(self, prefer: int | None = None) -> AsyncIterator[int]:
+        """Wait for a GPU with a free slot (``prefer``'s when it is free); yields its index."""
         async with self._changed:
             while True:
                 gpus, error = await asyncio.to_thread(self._probe.read)
@@ -39,7 +39,8 @@ class Slots:
                     raise NoGpu(error or "no GPU on this node")
                 free = [g for g in gpus if self._running[g.index] < self._per_gpu]
                 if free:
-                    index = max(free, key=lambda g: g.memory_free_mib).index
+                    chosen = [g for g in free if g.index == prefer] or free
+                    index = max(chosen, key=lambda g: g.memory_free_mib).index
                     self._running[index] += 1
                     break
                 await self._changed.wait()

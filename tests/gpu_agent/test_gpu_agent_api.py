@@ -268,6 +268,8 @@ def test_slots_pick_the_gpu_with_most_free_memory_and_never_overcommit():
                 assert not third.done()  # both GPUs busy: waits
                 assert (first, second) == (1, 0)
             assert await asyncio.wait_for(third, 2) == 0
+        async with slots.gpu(prefer=0) as preferred:
+            assert preferred == 0  # the core's choice wins when that GPU is free
         with pytest.raises(NoGpu):
             async with Slots(RecordedProbe([], "NVML unavailable"), cpu_jobs=1, jobs_per_gpu=1).gpu():
                 pass

@@ -1,4 +1,4 @@
-"""What people do with a finished job: download it (PLY, GLB) and look at it (viewers)."""
+"""What people do with finished jobs: download them (PLY, GLB), look at them (viewers), stitch them."""
 
 from __future__ import annotations
 
@@ -10,9 +10,11 @@ from fastapi.responses import FileResponse
 
 from shared.errors import BadRequest, NotFound
 from shared.gpu import ViewerInfo
+from shared.stitches import StitchSpec, StitchState
 
 from services.gpu_agent.api.routes import ManagerDep
 from services.gpu_agent.glb import PLY_NAME, SAFE_MAX_POINTS, GlbCache, GlbInputsMissing, GlbOptions
+from services.gpu_agent.stitch import StitchManager
 from services.gpu_agent.viewer import ViewerManager
 
 
@@ -20,10 +22,13 @@ from services.gpu_agent.viewer import ViewerManager
 async def lifespan(app: FastAPI):
     # Entered after the app's own lifespan, so the job manager exists already.
     app.state.glb = GlbCache()
-    app.state.viewers = ViewerManager(app.state.manager.settings)
+    manager = app.state.manager
+    app.state.viewers = ViewerManager(manager.settings)
+    app.state.stitches = StitchManager(manager.root, manager.token, threads=manager.settings.backend_threads)
     try:
         yield
     finally:
+        await app.state.stitches.stop()
         await app.state.viewers.stop_all()
 
 
@@ -42,6 +47,13 @@ def get_viewers(request: Request) -> ViewerManager:
 
 
 ViewersDep = Annotated[ViewerManager, Depends(get_viewers)]
+
+
+def get_stitches(request: Request) -> StitchManager:
+    return request.app.state.stitches
+
+
+StitchesDep = Annotated[StitchManager, Depends(get_stitches)]
 
 
 @router.get("/jobs/{job_id}/reconstruction.glb")
@@ -90,3 +102,17 @@ async def start_viewer(job_id: int, manager: ManagerDep, viewers: ViewersDep, re
 async def stop_viewer(job_id: int, viewers: ViewersDep) -> ViewerInfo:
     """Stop the job's viewer and free its port."""
     return await viewers.stop(job_id)
+
+
+@router.put("/stitches/{stitch_id}")
+async def put_stitch(stitch_id: int, spec: StitchSpec, stitches: StitchesDep, response: Response) -> StitchState:
+    """Merge jobs (from any agents) into ``stitch_K.ply`` in the first job's frame; 202 while it runs."""
+    state, started = stitches.put(stitch_id, spec)
+    response.status_code = 202 if started else 200
+    return state
+
+
+@router.get("/stitches/{stitch_id}")
+async def get_stitch(stitch_id: int, stitches: StitchesDep) -> StitchState:
+    """A stitch's state; once done, its report (``stitch_K.json``): per job the similarity and residuals."""
+    return stitches.get(stitch_id)

@@ -1,0 +1,305 @@
+"""Stitching: several finished jobs of one site merged into ``stitch_K.ply`` in the first job's frame.
+
+Alignment is by image features, not by cloud geometry (nearly flat seabeds defeat
+FPFH/ICP): a subset of each job's registered frames goes into one joint pycolmap model, and
+each job's similarity into that model comes from its own cameras (``cameras.json``) that
+the model registered (:func:`shared.geometry.umeyama`). So any backend's output stitches.
+
+The agent fetches every job's ``cameras.json``, ``reconstruction.ply`` and the chosen frames
+over HTTP (from itself too), then runs the alignment as a supervised subprocess::
+
+    python -m services.gpu_agent.stitch --work DIR --out-ply PATH --out-json PATH [--threads N]
+
+Too few matches between the jobs fail the stitch with the counts, and nothing is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import shutil
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from shared.cameras import CAMERAS_NAME, Cameras
+from shared.errors import Conflict, NotFound
+from shared.geometry import apply_similarity, trajectory_length, umeyama
+from shared.plyio import read_ply, write_ply
+from shared.procs import Supervised
+from shared.stitches import StitchJobResult, StitchReport, StitchSpec, StitchState
+
+log = logging.getLogger(__name__)
+
+PLY_NAME = "reconstruction.ply"
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+#: Frames of each job put into the joint model: enough overlap, few enough pairs to match
+#: exhaustively on a CPU in seconds.
+FRAMES_PER_JOB = 20
+#: A job joins the stitch when at least this many of its frames are registered in the joint
+#: model with the first job's frames, and its frames share this many verified matches with
+#: the first job's.
+MIN_SHARED_FRAMES = 4
+MIN_CROSS_MATCHES = 100
+MAX_FEATURES = 4096
+EXIT_FAILED = 2
+FETCH_TIMEOUT_S = 120.0
+
+
+class StitchFailed(Exception):
+    """A stitch that cannot be made; the message says why in words a person can act on."""
+
+
+# -- the agent side ------------------------------------------------------------------------
+
+
+def stitch_paths(root: Path, stitch_id: int) -> tuple[Path, Path, Path]:
+    return root / f"stitch_{stitch_id}.ply", root / f"stitch_{stitch_id}.json", root / f".stitch_{stitch_id}.work"
+
+
+class StitchManager:
+    """Runs stitches of this agent, one task each, kept referenced until they end."""
+
+    def __init__(self, root: Path, token: str, *, threads: int = 0):
+        self.root = root
+        self.token = token
+        self.threads = threads or (os.cpu_count() or 1)
+        self.stitches: dict[int, StitchState] = {}
+        self._specs: dict[int, StitchSpec] = {}
+        self._tasks: dict[int, asyncio.Task] = {}
+
+    def get(self, stitch_id: int) -> StitchState:
+        if stitch_id in self.stitches:
+            return self.stitches[stitch_id]
+        _, report_path, _ = stitch_paths(self.root, stitch_id)
+        if report_path.is_file():  # made before a restart
+            report = StitchReport.model_validate_json(report_path.read_bytes())
+            return StitchState(stitch_id=stitch_id, state="done", message="done", report=report)
+        raise NotFound(f"stitch {stitch_id} is not on this agent", code="no_stitch")
+
+    def put(self, stitch_id: int, spec: StitchSpec) -> tuple[StitchState, bool]:
+        current = self.stitches.get(stitch_id)
+        if current is not None:
+            if self._specs[stitch_id] != spec:
+                raise Conflict(f"stitch {stitch_id} already exists with other jobs", code="spec_mismatch")
+            if current.state != "failed":
+                return current, False
+        state = StitchState(stitch_id=stitch_id, state="running", message="fetching the jobs' outputs")
+        self.stitches[stitch_id], self._specs[stitch_id] = state, spec
+        task = asyncio.create_task(self._run(stitch_id, spec), name=f"stitch-{stitch_id}")
+        self._tasks[stitch_id] = task
+        task.add_done_callback(lambda _t, sid=stitch_id: self._tasks.pop(sid, None))
+        return state, True
+
+    async def stop(self) -> None:
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _run(self, stitch_id: int, spec: StitchSpec) -> None:
+        ply, report, work = stitch_paths(self.root, stitch_id)
+        try:
+            shutil.rmtree(work, ignore_errors=True)
+            await self._fetch(spec, work)
+            self.stitches[stitch_id] = self.stitches[stitch_id].model_copy(update={"message": "aligning"})
+            argv = [sys.executable, "-m", "services.gpu_agent.stitch", "--work", str(work),
+                    "--out-ply", str(ply), "--out-json", str(report), "--stitch-id", str(stitch_id),
+                    "--threads", str(self.threads)]
+            process = await Supervised.start(argv, cwd=PROJECT_ROOT)
+            try:
+                rc = await process.wait()
+            except asyncio.CancelledError:
+                await process.terminate()
+                raise
+            if rc != 0:
+                raise StitchFailed(process.stderr_tail[-1] if rc == EXIT_FAILED and process.stderr_tail
+                                   else process.describe_exit(rc))
+            result = StitchReport.model_validate_json(report.read_bytes())
+            self.stitches[stitch_id] = StitchState(stitch_id=stitch_id, state="done", message="done", report=result)
+        except (StitchFailed, httpx.HTTPError, OSError, ValueError) as exc:
+            message = str(exc) if isinstance(exc, StitchFailed) else f"{type(exc).__name__}: {exc}"
+            log.warning("stitch %s failed: %s", stitch_id, message)
+            self.stitches[stitch_id] = StitchState(stitch_id=stitch_id, state="failed", message="failed",
+                                                   error=message)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    async def _fetch(self, spec: StitchSpec, work: Path) -> None:
+        headers = {"Authorization": f"Bearer {self.token}"}
+        inputs = []
+        async with httpx.AsyncClient(headers=headers, timeout=FETCH_TIMEOUT_S) as client:
+            for i, job in enumerate(spec.jobs):
+                folder = work / f"j{i}"
+                folder.mkdir(parents=True)
+                base = f"{job.agent_url.rstrip('/')}/jobs/{job.job_id}/files"
+
+                async def fetch(name: str, target: Path, what: str) -> None:
+                    resp = await client.get(f"{base}/{name}")
+                    if resp.status_code != 200:
+                        raise StitchFailed(f"job {job.job_id} on {job.agent_url}: {what} unavailable "
+                                           f"(HTTP {resp.status_code})")
+                    target.write_bytes(resp.content)
+
+                await fetch(CAMERAS_NAME, work / f"j{i}.cameras.json", CAMERAS_NAME)
+                await fetch(PLY_NAME, work / f"j{i}.ply", PLY_NAME)
+                cameras = Cameras.model_validate_json((work / f"j{i}.cameras.json").read_bytes())
+                for frame in pick_frames(cameras, FRAMES_PER_JOB):
+                    await fetch(frame, folder / frame, f"frame {frame}")
+                inputs.append(job.model_dump())
+        (work / "inputs.json").write_text(json.dumps(inputs))
+
+
+def pick_frames(cameras: Cameras, count: int) -> list[str]:
+    """Names of ``count`` registered frames spread evenly over the job."""
+    names = [frame.name for frame in cameras.registered]
+    if len(names) <= count:
+        return names
+    return [names[int(i)] for i in np.linspace(0, len(names) - 1, count).round()]
+
+
+# -- the subprocess: joint model, similarities, outputs ---------------------------------------
+
+
+def align(work: Path, *, threads: int) -> tuple[list[dict], "object"]:
+    """Joint pycolmap model of ``work/j*/``; returns per job its similarity into job 0's frame."""
+    import pycolmap
+
+    inputs = json.loads((work / "inputs.json").read_text())
+    images = work / "images"
+    images.mkdir(exist_ok=True)
+    for i in range(len(inputs)):
+        os.replace(work / f"j{i}", images / f"j{i}")
+    database = work / "database.db"
+    pycolmap.set_random_seed(0)
+    extraction = pycolmap.FeatureExtractionOptions()
+    extraction.num_threads = threads
+    extraction.sift.max_num_features = MAX_FEATURES
+    extraction.sift.first_octave = 0
+    pycolmap.extract_features(database, images, camera_mode=pycolmap.CameraMode.PER_FOLDER,
+                              extraction_options=extraction, device=pycolmap.Device.cpu)
+    matching = pycolmap.FeatureMatchingOptions()
+    matching.num_threads = threads
+    verification = pycolmap.TwoViewGeometryOptions()
+    verification.ransac.random_seed = 0
+    pycolmap.match_exhaustive(database, matching_options=matching, verification_options=verification,
+                              device=pycolmap.Device.cpu)
+
+    db = pycolmap.Database.open(database)
+    try:
+        job_of = {image.image_id: int(image.name.split("/")[0][1:]) for image in db.read_all_images()}
+        pair_ids, inliers = db.read_two_view_geometry_num_inliers()
+    finally:
+        db.close()
+    cross = [0] * len(inputs)  # verified matches between job i's frames and job 0's
+    for pair_id, count in zip(pair_ids, inliers):
+        a, b = pycolmap.pair_id_to_image_pair(pair_id)
+        jobs = {job_of[a], job_of[b]}
+        if 0 in jobs and len(jobs) == 2:
+            cross[max(jobs)] += count
+
+    options = pycolmap.IncrementalPipelineOptions()
+    options.num_threads = threads
+    options.random_seed = 0
+    options.min_model_size = 3
+    sparse = work / "sparse"
+    sparse.mkdir(exist_ok=True)
+    models = pycolmap.incremental_mapping(database, images, sparse, options)
+
+    def registered(model, job: int) -> dict[str, np.ndarray]:
+        centres = {}
+        for image in model.images.values():
+            folder, name = image.name.split("/", 1)
+            if image.has_pose and folder == f"j{job}":
+                centres[name] = image.cam_from_world().inverse().matrix()[:3, 3]
+        return centres
+
+    model = max(models.values(), key=lambda m: (len(registered(m, 0)), m.num_reg_images()), default=None)
+    results = []
+    reference = None
+    for i, job in enumerate(inputs):
+        cameras = Cameras.model_validate_json((work / f"j{i}.cameras.json").read_bytes())
+        own = {frame.name: frame.centre() for frame in cameras.registered}
+        in_model = registered(model, i) if model is not None else {}
+        shared = sorted(set(in_model) & set(own))
+        if i > 0 and (len(shared) < MIN_SHARED_FRAMES or cross[i] < MIN_CROSS_MATCHES):
+            raise StitchFailed(
+                f"job {job['job_id']} does not overlap job {inputs[0]['job_id']}: too few cross matches "
+                f"({cross[i]} verified feature matches, need {MIN_CROSS_MATCHES}; {len(shared)} of its frames "
+                f"placed with the first job's, need {MIN_SHARED_FRAMES})")
+        if i == 0 and len(shared) < MIN_SHARED_FRAMES:
+            raise StitchFailed(f"only {len(shared)} frames of job {job['job_id']} could be placed in the joint "
+                               f"model (need {MIN_SHARED_FRAMES}): its frames may be too blurry or textureless")
+        src = np.array([own[name] for name in shared])
+        dst = np.array([in_model[name] for name in shared])
+        s, r, t = umeyama(src, dst)
+        residual = apply_similarity(src, s, r, t) - dst
+        rmse_model = float(np.sqrt((residual**2).sum(axis=1).mean()))
+        if i == 0:
+            reference = (s, r, t)
+        s0, r0, t0 = reference
+        # job i → model → job 0: p0 = R0ᵀ (s_i R_i p + t_i − t0) / s0
+        scale, rotation, translation = s / s0, r0.T @ r, r0.T @ (t - t0) / s0
+        matrix = np.eye(4)
+        matrix[:3, :3], matrix[:3, 3] = scale * rotation, translation
+        path_m = trajectory_length(src) * scale
+        results.append({
+            "agent_url": job["agent_url"], "job_id": job["job_id"], "scale": float(scale),
+            "matrix": matrix.tolist(), "cross_matches": int(cross[i]), "shared_frames": len(shared),
+            "rmse": rmse_model / s0, "rmse_relative": (rmse_model / s0) / path_m if path_m > 0 else None,
+        })
+    return results, model
+
+
+def run(work: Path, out_ply: Path, out_json: Path, *, stitch_id: int, threads: int) -> None:
+    results, _ = align(work, threads=threads)
+    xyz, rgb = [], []
+    for i, job in enumerate(results):
+        cols = read_ply(work / f"j{i}.ply")
+        points = np.stack([cols["x"], cols["y"], cols["z"]], axis=1).astype(np.float64)
+        matrix = np.asarray(job["matrix"])
+        xyz.append(points @ matrix[:3, :3].T + matrix[:3, 3])
+        rgb.append(np.stack([cols["red"], cols["green"], cols["blue"]], axis=1) if "red" in cols
+                   else np.full((len(points), 3), 200, np.uint8))
+    report = StitchReport(stitch_id=stitch_id, created_at=datetime.now(timezone.utc), ply=out_ply.name,
+                          jobs=[StitchJobResult(**job) for job in results])
+    write_ply(out_ply, np.concatenate(xyz).astype(np.float32), np.concatenate(rgb).astype(np.uint8))
+    tmp = out_json.with_name(f".{out_json.name}.tmp")
+    tmp.write_text(report.model_dump_json(indent=1))
+    os.replace(tmp, out_json)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="stitch", description="align fetched jobs into one cloud")
+    parser.add_argument("--work", type=Path, required=True)
+    parser.add_argument("--out-ply", type=Path, required=True)
+    parser.add_argument("--out-json", type=Path, required=True)
+    parser.add_argument("--stitch-id", type=int, required=True)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s stitch %(message)s")
+    try:
+        import pycolmap
+
+        pycolmap.logging.minloglevel = pycolmap.logging.WARNING
+        run(args.work, args.out_ply, args.out_json, stitch_id=args.stitch_id, threads=max(1, args.threads))
+    except StitchFailed as exc:
+        print(str(exc), file=sys.stderr, flush=True)
+        return EXIT_FAILED
+    except Exception as exc:
+        log.exception("unexpected failure")
+        print(f"the stitch failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        return EXIT_FAILED
+    return 0
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        sys.exit(main())

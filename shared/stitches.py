@@ -1,0 +1,50 @@
+"""Stitch wire models: ``PUT /stitches/{id}`` on a gpu agent, its state and ``stitch_K.json``."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from shared.base import WireModel
+from shared.cameras import Matrix4
+
+
+class StitchInput(WireModel):
+    agent_url: Annotated[str, Field(min_length=1, max_length=2048, description="the agent holding the job")]
+    job_id: Annotated[int, Field(ge=1)]
+
+
+class StitchSpec(WireModel):
+    """The jobs to merge; the first is the reference frame."""
+
+    jobs: Annotated[list[StitchInput], Field(min_length=2, max_length=16)]
+
+
+class StitchJobResult(WireModel):
+    agent_url: str
+    job_id: int
+    matrix: Matrix4 = Field(description="similarity (scale·R | t) from this job's frame into the first job's")
+    scale: float
+    cross_matches: int = Field(description="verified feature matches between this job's frames and the first job's")
+    shared_frames: int = Field(description="frames of this job placed in the joint model")
+    rmse: float = Field(description="camera-centre residual of the fit, in the first job's units")
+    rmse_relative: float | None = Field(None, description="rmse over this job's trajectory length")
+
+
+class StitchReport(WireModel):
+    """``stitch_K.json`` in the work root, beside ``stitch_K.ply``."""
+
+    stitch_id: int
+    created_at: datetime
+    ply: str
+    jobs: list[StitchJobResult]
+
+
+class StitchState(WireModel):
+    stitch_id: int
+    state: Literal["running", "done", "failed"]
+    message: str = ""
+    error: str | None = Field(None, description="why the stitch failed, in words a person can act on")
+    report: StitchReport | None = None

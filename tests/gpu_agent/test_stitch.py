@@ -1,0 +1,142 @@
+"""Stitching two jobs on two real agents: rendered surveys with known poses, a real pycolmap alignment.
+
+Each job's cameras.json holds the ground-truth poses moved by its own similarity, as a
+reconstruction's arbitrary frame would be; the stitch must find B's frame relative to A's.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import TOKEN, processes_matching, serve_app, wait_until
+from services.demo.synth import FOCAL_PER_WIDTH, camera_pose, terrain_for_seed
+from services.gpu_agent.app import create_app
+from services.gpu_agent.config import GpuAgentSettings
+from shared.cameras import CameraFrame, Cameras, Intrinsics, write_cameras
+from shared.geometry import apply_similarity, trajectory_length
+from shared.jobs import AgentJob, JobSpec, JobState, VideoSource
+from shared.plyio import read_ply, write_ply
+from shared.stitches import StitchState
+
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+WIDTH, HEIGHT, FPS, FRAMES = 640, 360, 5.0, 30
+
+
+def rotation(axis, angle) -> np.ndarray:
+    axis = np.asarray(axis, float) / np.linalg.norm(axis)
+    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    return np.eye(3) + np.sin(angle) * k + (1 - np.cos(angle)) * k @ k
+
+
+#: Each job's own frame: p_job = s R p_world + t (a reconstruction is defined up to this).
+FRAMES_OF = {
+    1: (2.0, rotation([0.2, 1, 0.3], 0.7), np.array([1.0, -2.0, 0.5])),
+    2: (0.4, rotation([1, -0.5, 0.2], -1.1), np.array([-3.0, 0.2, 4.0])),
+    3: (1.0, np.eye(3), np.zeros(3)),
+}
+
+
+def write_job(workdir: Path, job_id: int, *, seed: int, start_s: float) -> np.ndarray:
+    """A done job of ``FRAMES`` rendered frames; returns the true camera centres (world frame)."""
+    job_dir = workdir / f"job_{job_id}"
+    job_dir.mkdir(parents=True)
+    terrain = terrain_for_seed(seed)
+    focal = FOCAL_PER_WIDTH * WIDTH
+    K = np.array([[focal, 0, WIDTH / 2], [0, focal, HEIGHT / 2], [0, 0, 1]])
+    s, r, t = FRAMES_OF[job_id]
+    intrinsics = Intrinsics(fx=focal, fy=focal, cx=WIDTH / 2, cy=HEIGHT / 2, width=WIDTH, height=HEIGHT)
+    frames, centres = [], []
+    for i in range(FRAMES):
+        c2w = camera_pose(start_s + i / FPS)
+        name = f"frame_{i + 1:06d}.jpg"
+        Image.fromarray(terrain.render(K, c2w, WIDTH, HEIGHT)).save(job_dir / name, quality=92)
+        own = np.eye(4)
+        own[:3, :3], own[:3, 3] = r @ c2w[:3, :3], s * r @ c2w[:3, 3] + t
+        frames.append(CameraFrame(name=name, index=i + 1, registered=True, c2w=own.tolist(), intrinsics=intrinsics))
+        centres.append(c2w[:3, 3])
+    write_cameras(job_dir / "cameras.json", Cameras(backend="colmap", version="test", frames=frames))
+    centres = np.array(centres)
+    seabed = np.repeat(centres - [0, 0, 2.5], 20, axis=0) + np.random.default_rng(job_id).normal(0, 0.5, (600, 3))
+    write_ply(job_dir / "reconstruction.ply", apply_similarity(seabed, s, r, t).astype(np.float32),
+              np.full((600, 3), 128, np.uint8))
+    now = datetime.now(timezone.utc)
+    spec = JobSpec(job_id=job_id, videos=[VideoSource(storage_url="http://127.0.0.1:9", path="GX010001.MP4")])
+    job = AgentJob(job_id=job_id, attempt=1, spec=spec, state=JobState.done, stage="done", progress=1.0,
+                   created_at=now, updated_at=now)
+    (job_dir / "state.json").write_text(job.model_dump_json())
+    return centres
+
+
+@pytest.fixture(scope="module")
+def sites(tmp_path_factory):
+    """Agent A holds jobs 1 and 3, agent B job 2; jobs 1 and 2 overlap (same seabed), 3 is elsewhere."""
+    root = tmp_path_factory.mktemp("stitch")
+    truth = {1: write_job(root / "a", 1, seed=0, start_s=0.0), 2: write_job(root / "b", 2, seed=0, start_s=3.1)}
+    truth[3] = write_job(root / "a", 3, seed=1, start_s=0.0)
+    with serve_app(create_app(GpuAgentSettings(workdir=root / "a", token=TOKEN, backend_threads=2))) as url_a, \
+         serve_app(create_app(GpuAgentSettings(workdir=root / "b", token=TOKEN))) as url_b:
+        yield url_a, url_b, root, truth
+
+
+def run_stitch(url: str, stitch_id: int, jobs: list[tuple[str, int]]) -> dict:
+    body = {"jobs": [{"agent_url": u, "job_id": j} for u, j in jobs]}
+    resp = httpx.put(f"{url}/stitches/{stitch_id}", json=body, headers=AUTH)
+    assert resp.status_code == 202, resp.text
+    again = httpx.put(f"{url}/stitches/{stitch_id}", json=body, headers=AUTH)
+    assert again.status_code == 200 and again.json()["state"] == "running"
+
+    def finished():
+        state = httpx.get(f"{url}/stitches/{stitch_id}", headers=AUTH).json()
+        return state if state["state"] != "running" else None
+
+    return StitchState.model_validate(wait_until(finished, timeout_s=300, interval_s=0.5, what="the stitch")).model_dump()
+
+
+def test_overlapping_jobs_stitch_into_the_first_jobs_frame(sites):
+    url_a, url_b, root, truth = sites
+    state = run_stitch(url_a, 1, [(url_a, 1), (url_b, 2)])
+    assert state["state"] == "done", state["error"]
+    report = state["report"]
+    assert [j["job_id"] for j in report["jobs"]] == [1, 2]
+    b = report["jobs"][1]
+    assert b["cross_matches"] >= 100 and b["shared_frames"] >= 4
+
+    # B's cameras carried by the stitch's transform must land where A's frame puts them.
+    s_a, r_a, t_a = FRAMES_OF[1]
+    s_b, r_b, t_b = FRAMES_OF[2]
+    b_own = apply_similarity(truth[2], s_b, r_b, t_b)
+    matrix = np.asarray(b["matrix"])
+    b_in_a = b_own @ matrix[:3, :3].T + matrix[:3, 3]
+    expected = apply_similarity(truth[2], s_a, r_a, t_a)
+    rmse = float(np.sqrt(((b_in_a - expected) ** 2).sum(axis=1).mean()))
+    assert rmse < 0.01 * trajectory_length(expected), (rmse, trajectory_length(expected))
+    assert b["scale"] == pytest.approx(s_a / s_b, rel=0.01)
+
+    ply = read_ply(root / "a" / "stitch_1.ply")
+    assert len(ply["x"]) == 1200
+    assert (root / "a" / "stitch_1.json").is_file()
+    assert not list((root / "a").glob(".stitch_*"))  # the scratch folder is gone
+    assert processes_matching("services.gpu_agent.stitch") == []
+
+
+def test_jobs_that_do_not_overlap_are_refused_and_nothing_is_written(sites):
+    url_a, url_b, root, _ = sites
+    state = run_stitch(url_a, 2, [(url_a, 3), (url_b, 2)])
+    assert state["state"] == "failed"
+    assert "too few cross matches" in state["error"]
+    assert not (root / "a" / "stitch_2.ply").exists() and not (root / "a" / "stitch_2.json").exists()
+
+
+def test_a_missing_job_fails_with_its_name_and_bad_specs_are_422(sites):
+    url_a, url_b, root, _ = sites
+    state = run_stitch(url_a, 3, [(url_a, 1), (url_b, 77)])
+    assert state["state"] == "failed" and "job 77" in state["error"]
+    resp = httpx.put(f"{url_a}/stitches/4", json={"jobs": [{"agent_url": url_a, "job_id": 1}]}, headers=AUTH)
+    assert resp.status_code == 422
+    assert httpx.get(f"{url_a}/stitches/99", headers=AUTH).status_code == 404

@@ -31,6 +31,7 @@ import anyio.to_thread
 
 from shared.gpu import AgentStatus
 from shared.jobs import AgentJob, ExtractParams, JobSpec, JobState, VideoSource
+from shared.vram import estimate_vram_mib  # the same numbers the agents use
 
 from services.core.agents import AgentClient, AgentError, AgentRequestError
 from services.core.config import CoreSettings
@@ -42,13 +43,6 @@ log = logging.getLogger(__name__)
 #: Longest wait between polls of an unreachable node, and between failed ticks.
 MAX_BACKOFF_S = 30.0
 
-#: LingBot-Map VRAM model (LINGBOT_NOTES.md, *estimates* to calibrate from measured peaks):
-#: bf16 weights ≈ 3.4 GB plus CUDA context; ≈ 130 MB of KV cache per cached frame at
-#: 518 px wide, growing with pixel count; the cache holds at most a window of frames.
-LINGBOT_BASE_MIB = 4096
-LINGBOT_PER_FRAME_MIB = 130
-LINGBOT_REFERENCE_WIDTH = 518
-LINGBOT_WINDOW_FRAMES = 48
 #: What a GPU job that allows it runs when it fits on no GPU.
 CPU_FALLBACK_BACKEND = "colmap"
 #: Queued jobs one placement round decides on (and locks) at most.
@@ -67,19 +61,6 @@ def estimate_frames(durations_s: list[float | None], fps: float, max_frames: int
             frames = max(1, math.ceil(duration_s * fps))
             total += min(frames, max_frames) if max_frames else frames
     return total
-
-
-def estimate_vram_mib(backend: str, frames: int | None, width: int | None) -> int:
-    """GPU memory a job needs; 0 for CPU backends.
-
-    Unknown frame counts are taken as a full window (the worst case), unknown widths as
-    the model's native 518 px.
-    """
-    if backend != "lingbot":
-        return 0
-    cached = min(frames or LINGBOT_WINDOW_FRAMES, LINGBOT_WINDOW_FRAMES)
-    scale = ((width or LINGBOT_REFERENCE_WIDTH) / LINGBOT_REFERENCE_WIDTH) ** 2
-    return int(LINGBOT_BASE_MIB + cached * LINGBOT_PER_FRAME_MIB * scale)
 
 
 @dataclass

@@ -25,11 +25,12 @@ def view(name: str, free_mib: list[int] = (), backends=("colmap",), jobs=()) -> 
     return NodeView(name, f"http://{name}", status, list(jobs))
 
 
-def test_vram_estimate():
+def test_vram_estimate_is_the_shared_one():
+    from shared import vram
+
+    assert estimate_vram_mib is vram.estimate_vram_mib  # placement and agents use the same numbers
     assert estimate_vram_mib("colmap", 5000, 1920) == 0
-    assert estimate_vram_mib("lingbot", 48, 518) == 4096 + 48 * 130
     assert estimate_vram_mib("lingbot", 10_000, 518) == estimate_vram_mib("lingbot", None, 518)  # window-capped
-    assert estimate_vram_mib("lingbot", 10, 1036) == 4096 + 10 * 130 * 4
 
 
 def test_frame_estimate():
@@ -75,19 +76,21 @@ def test_best_fit_picks_the_smallest_sufficient_gpu_across_nodes():
              view("tiny", [6000], ("lingbot",))]
     assert choose_node(job("lingbot"), nodes)[0].node.name == "small"
     assert choose_node(job("lingbot", frames=4), nodes)[0].node.name == "tiny"
-    assert choose_node(job("lingbot", width=700), nodes)[0].node.name == "big"  # ≈ 15.5 GB
+    short = [view("big", [22000], ("lingbot",)), view("small", [7000], ("lingbot",))]
+    assert choose_node(job("lingbot"), short)[0].node.name == "big"  # ≈ 7.2 GB needed: 7000 MiB is short
 
 
 def test_a_job_too_large_for_every_gpu_says_so_and_falls_back_only_if_allowed():
-    nodes = [view("g", [22000], ("colmap", "lingbot"))]
-    huge = job("lingbot", width=1920)
+    nodes = [view("g", [6000], ("colmap", "lingbot"))]
+    nodes[0].status.gpus[0].memory_total_mib = 6144  # a 6 GB card: below the smallest LingBot-Map tier
+    huge = job("lingbot")
     placement, why = choose_node(huge, nodes)
-    assert placement is None and "too large for every GPU" in why and "24576 MiB" in why
+    assert placement is None and "too large for every GPU" in why and "6144 MiB" in why
     huge.cpu_fallback = True
     placement, why = choose_node(huge, nodes)
     assert (placement.node.name, placement.backend, placement.gpu_index) == ("g", "colmap", None)
     assert "running colmap on the CPU instead" in why
-    busy = [view("g", [22000], ("colmap", "lingbot"), jobs=[job(state=JobState.extracting)])]
+    busy = [view("g", [6000], ("colmap", "lingbot"), jobs=[job(state=JobState.extracting)])]
     placement, why = choose_node(huge, busy)
     assert placement is None and "CPU fallback: every node offering colmap is busy" in why
 

@@ -44,9 +44,10 @@ async def job_of(client, job_id: int) -> dict:
 async def test_lingbot_jobs_go_to_the_best_fitting_gpu_and_carry_their_spec(tmp_path, fakes, storage):
     big = fakes(FakeGpuAgent("big", gpus_free_mib=[22000], backends=("colmap", "lingbot")))
     small = fakes(FakeGpuAgent("small", gpus_free_mib=[11000], backends=("colmap", "lingbot")))
+    tiny = fakes(FakeGpuAgent("tiny", gpus_free_mib=[5000], backends=("lingbot",)))
     cpu = fakes(FakeGpuAgent("cpu-only", backends=("colmap",)))
     async with running_core(core_settings(tmp_path)) as (app, client):
-        for name, fake in (("big", big), ("small", small), ("cpu-only", cpu)):
+        for name, fake in (("big", big), ("small", small), ("tiny", tiny), ("cpu-only", cpu)):
             await add_node(client, name, "gpu", fake.url)
         await add_node(client, "st", "storage", storage.url + "/")
         first = await submit(client, backend="lingbot", fps=2, width=518,
@@ -54,16 +55,17 @@ async def test_lingbot_jobs_go_to_the_best_fitting_gpu_and_carry_their_spec(tmp_
                                      {"storage": "st", "path": "GX020042.MP4"}])
         assert first["frames_estimate"] == 48 + 12
         second = await submit(client, backend="lingbot", width=518)
-        too_big = await submit(client, backend="lingbot", width=1920)
+        waits = await submit(client, backend="lingbot", width=1920)
 
         await app.state.scheduler.tick()
 
-        # ≈ 10.3 GB each: the 12 GB card is the best fit for the first, then it is taken.
+        # ≈ 7.2 GB each (shared.vram): the 12 GB card is the best fit for the first, then it is
+        # taken; the third fits only on GPUs already running a job, and the 5 GB card is too small.
         assert (await job_of(client, first["id"]))["node"] == "small"
         assert (await job_of(client, second["id"]))["node"] == "big"
-        waiting = await job_of(client, too_big["id"])
-        assert waiting["state"] == "queued" and waiting["node"] is None
-        assert "too large for every GPU" in waiting["message"]
+        waiting = await job_of(client, waits["id"])
+        assert waiting["state"] == "queued" and waiting["node"] is None and waiting["message"]
+        assert tiny.puts == []
         assert cpu.puts == []
 
         spec = small.puts[0]

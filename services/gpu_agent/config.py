@@ -20,6 +20,7 @@ class GpuAgentSettings(ServiceSettings):
     jobs_per_gpu: int = Field(1, ge=1, le=8, description="reconstructions per GPU at once")
     ingests: int = Field(4, ge=1, le=64, description="jobs pulling frames at once")
     backend_threads: int = Field(0, ge=0, le=256, description="CPU threads for a backend (0: all cores)")
+    disk_reserve_mib: int = Field(1024, ge=0, le=10**9, description="disk kept free under the workdir; jobs that would eat into it are refused (507)")
     cancel_grace_s: float = Field(5.0, gt=0, le=300, description="SIGTERM to SIGKILL delay on cancel")
     ingest_retries: int = Field(3, ge=0, le=20, description="new tries of a video after a transient error")
     storage_timeout_s: float = Field(60.0, gt=0, le=3600, description="read timeout on the frame stream")

@@ -8,6 +8,7 @@ markers and reports folders it does not know instead of deleting them.
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
 import re
@@ -26,6 +27,7 @@ from shared.vram import estimate_vram_mib
 
 from services.gpu_agent.backends import OUTPUT_FILES, RUNNER_STAGES, lingbot_unavailable, runner_argv
 from services.gpu_agent.config import GpuAgentSettings
+from services.gpu_agent.disk import check_free_space, estimate_job_mib
 from services.gpu_agent.nvml import GpuProbe
 from services.gpu_agent.slots import NoGpu, Slots
 from services.gpu_agent.ingest import (
@@ -127,6 +129,11 @@ class JobManager:
                                    code="spec_mismatch")
                 return current, False
             await self._halt(job_id)
+        infos = await asyncio.gather(*(asyncio.to_thread(fetch_video_info, v, token=self.token, timeout_s=10)
+                                       for v in spec.videos))
+        need_mib = estimate_job_mib(spec, [info.duration_s if info else None for info in infos])
+        self.root.mkdir(parents=True, exist_ok=True)
+        check_free_space(self.root, need_mib, self.settings.disk_reserve_mib, job_id)
         now = _now()
         job = AgentJob(job_id=job_id, attempt=spec.attempt, spec=spec, state=JobState.assigned,
                        stage="assigned", progress=0.0, message="accepted", created_at=now, updated_at=now)
@@ -209,6 +216,10 @@ class JobManager:
         except (IngestError, BackendFailed, NoGpu) as exc:
             self._update(job_id, state=JobState.failed, stage="failed", error=str(exc), message="failed")
         except Exception as exc:  # noqa: BLE001 - a job's bug must not take the agent down
+            if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+                self._update(job_id, state=JobState.failed, stage="failed", message="failed",
+                             error=f"the disk under {self.root} is full; free space and retry the job")
+                return
             log.exception("job %s crashed", job_id)
             self._update(job_id, state=JobState.failed, stage="failed", message="failed",
                          error=f"internal error in the gpu agent ({type(exc).__name__}: {exc}); see its log")

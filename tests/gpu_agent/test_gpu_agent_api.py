@@ -275,3 +275,34 @@ def test_slots_pick_the_gpu_with_most_free_memory_and_never_overcommit():
                 pass
 
     asyncio.run(scenario())
+
+
+def test_a_job_the_disk_cannot_hold_is_refused_with_507(tmp_path, storage_url):
+    from services.gpu_agent.disk import estimate_job_mib
+
+    body = JobSpec.model_validate(spec(14, storage_url, "GX010001.MP4", width=1920))
+    assert estimate_job_mib(body, [60.0]) > estimate_job_mib(body, [2.0]) > 0
+    settings = GpuAgentSettings(workdir=tmp_path / "frames", token=TOKEN, disk_reserve_mib=10**9)
+    with serve_app(create_app(settings)) as url:
+        resp = httpx.put(f"{url}/jobs/14", json=body.model_dump(mode="json"), headers=AUTH)
+        assert resp.status_code == 507
+        error = resp.json()["error"]
+        assert error["code"] == "insufficient_storage" and "not enough disk" in error["message"]
+        assert httpx.get(f"{url}/jobs/14", headers=AUTH).status_code == 404
+    assert not (settings.workdir / "job_14").exists()
+
+
+def test_disk_full_during_ingest_fails_the_job_with_that_reason(agent, storage_url, monkeypatch):
+    import errno as errno_module
+
+    import services.gpu_agent.ingest as ingest_module
+
+    def full(path, data):
+        raise OSError(errno_module.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(ingest_module, "atomic_write_bytes", full)  # a real full disk needs root mounts
+    url, _ = agent
+    httpx.put(f"{url}/jobs/15", json=spec(15, storage_url, "GX020001.MP4"), headers=AUTH)
+    job = _wait_state(url, 15, "failed")
+    assert "disk" in job["error"] and "full" in job["error"]
+    assert httpx.get(f"{url}/health").status_code == 200

@@ -20,6 +20,8 @@ class StitchSpec(WireModel):
     """The jobs to merge; the first is the reference frame."""
 
     jobs: Annotated[list[StitchInput], Field(min_length=2, max_length=16)]
+    frames_per_job: Annotated[int, Field(ge=4, le=500, description="registered frames of each job matched "
+                                         "against every other (cost grows with the square)")] = 20
 
 
 class StitchJobResult(WireModel):

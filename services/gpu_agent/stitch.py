@@ -40,9 +40,6 @@ log = logging.getLogger(__name__)
 
 PLY_NAME = "reconstruction.ply"
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-#: Frames of each job put into the joint model: enough overlap, few enough pairs to match
-#: exhaustively on a CPU in seconds.
-FRAMES_PER_JOB = 20
 #: A job joins the stitch when at least this many of its frames are registered in the joint
 #: model with the first job's frames, and its frames share this many verified matches with
 #: the first job's.
@@ -151,7 +148,7 @@ class StitchManager:
                 await fetch(CAMERAS_NAME, work / f"j{i}.cameras.json", CAMERAS_NAME)
                 await fetch(PLY_NAME, work / f"j{i}.ply", PLY_NAME)
                 cameras = Cameras.model_validate_json((work / f"j{i}.cameras.json").read_bytes())
-                for frame in pick_frames(cameras, FRAMES_PER_JOB):
+                for frame in pick_frames(cameras, spec.frames_per_job):
                     await fetch(frame, folder / frame, f"frame {frame}")
                 inputs.append(job.model_dump())
         (work / "inputs.json").write_text(json.dumps(inputs))
@@ -189,6 +186,7 @@ def align(work: Path, *, threads: int) -> tuple[list[dict], "object"]:
     matching.num_threads = threads
     verification = pycolmap.TwoViewGeometryOptions()
     verification.ransac.random_seed = 0
+    log.info("features extracted")
     pycolmap.match_exhaustive(database, matching_options=matching, verification_options=verification,
                               device=pycolmap.Device.cpu)
 
@@ -204,6 +202,13 @@ def align(work: Path, *, threads: int) -> tuple[list[dict], "object"]:
         jobs = {job_of[a], job_of[b]}
         if 0 in jobs and len(jobs) == 2:
             cross[max(jobs)] += count
+
+    log.info("cross matches with the first job: %s", cross[1:])
+    for i in range(1, len(inputs)):
+        if cross[i] < MIN_CROSS_MATCHES:  # no need to map what cannot join
+            raise StitchFailed(
+                f"job {inputs[i]['job_id']} does not overlap job {inputs[0]['job_id']}: too few cross matches "
+                f"({cross[i]} verified feature matches with its frames, need {MIN_CROSS_MATCHES})")
 
     options = pycolmap.IncrementalPipelineOptions()
     options.num_threads = threads
@@ -221,6 +226,7 @@ def align(work: Path, *, threads: int) -> tuple[list[dict], "object"]:
                 centres[name] = image.cam_from_world().inverse().matrix()[:3, 3]
         return centres
 
+    log.info("joint model: %d models", len(models))
     model = max(models.values(), key=lambda m: (len(registered(m, 0)), m.num_reg_images()), default=None)
     results = []
     reference = None

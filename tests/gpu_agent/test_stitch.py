@@ -85,7 +85,7 @@ def sites(tmp_path_factory):
 
 
 def run_stitch(url: str, stitch_id: int, jobs: list[tuple[str, int]]) -> dict:
-    body = {"jobs": [{"agent_url": u, "job_id": j} for u, j in jobs]}
+    body = {"jobs": [{"agent_url": u, "job_id": j} for u, j in jobs], "frames_per_job": 12}
     resp = httpx.put(f"{url}/stitches/{stitch_id}", json=body, headers=AUTH)
     assert resp.status_code == 202, resp.text
     again = httpx.put(f"{url}/stitches/{stitch_id}", json=body, headers=AUTH)

@@ -1,7 +1,7 @@
 """The core's Prometheus metrics: jobs and nodes read from the store at scrape time, and the scheduler's own.
 
 - ``cosma_core_jobs{state}`` — jobs in the store by state (every state, zeros included).
-- ``cosma_core_nodes{role,state}`` — registered nodes by role and state.
+- ``cosma_core_nodes{role,state}`` — registered nodes by role and state (every pair, zeros included).
 - ``cosma_core_scheduler_tick_seconds`` — histogram of scheduler rounds (poll, follow, place).
 - ``cosma_core_placements_total{node}`` — jobs placed on a gpu node.
 - ``cosma_core_lease_expiries_total{node}`` — jobs requeued because their node stayed silent past the lease.
@@ -22,7 +22,7 @@ from sqlmodel import select
 from shared.jobs import JobState
 from shared.metrics import ScrapeCollector
 from services.core.store import Store
-from services.core.tables import Job, Node
+from services.core.tables import Job, Node, NodeRole, NodeState
 
 #: Ticks are ~10 ms idle and up to seconds with thousands of queued jobs.
 TICK_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -72,9 +72,11 @@ def collect_store_metrics(store: Store) -> Iterable[Metric]:
     for state in JobState:
         jobs.add_metric([state.value], job_counts.get(state, 0))
     yield jobs
+    counts = {(_value(role), _value(state)): count for role, state, count in node_counts}
     nodes = GaugeMetricFamily("cosma_core_nodes", "Registered nodes, by role and state", labels=["role", "state"])
-    for role, state, count in node_counts:
-        nodes.add_metric([_value(role), _value(state)], count)
+    for role in NodeRole:
+        for state in NodeState:
+            nodes.add_metric([role.value, state.value], counts.get((role.value, state.value), 0))
     yield nodes
 
 

@@ -166,6 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
     from services.core.cli_cmds import add_nodes_parser
 
     add_nodes_parser(sub, _add_client_arguments)
+
+    from services.cli_jobs import add_jobs_commands
+
+    add_jobs_commands(sub, _add_client_arguments)
     return parser
 
 

@@ -69,6 +69,7 @@ class AgentJob(WireModel):
     frames: int = 0
     videos_done: int = 0
     files: list[str] = []
+    runner_pid: int | None = Field(None, description="pid of the running backend process, if any")
     backend_used: str | None = Field(None, description="the backend that ran (resolves 'auto')")
     created_at: datetime
     updated_at: datetime

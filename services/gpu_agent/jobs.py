@@ -8,7 +8,10 @@ markers and reports folders it does not know instead of deleting them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
+import os
+import signal
 import json
 import logging
 import re
@@ -51,6 +54,22 @@ class BackendFailed(Exception):
     pass
 
 
+def reap_orphan_runner(pid: int, job_dir: Path) -> None:
+    """Stop a backend left running by an agent that died (SIGKILL leaves its child alive).
+
+    Only a process whose command line names this job's folder is touched: the pid may
+    have been reused since.
+    """
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return
+    if str(job_dir) in cmdline:
+        log.warning("stopping the backend (pid %s) an earlier agent left running for %s", pid, job_dir.name)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
+
+
 def job_dir_name(job_id: int) -> str:
     return f"job_{job_id}"
 
@@ -91,6 +110,9 @@ class JobManager:
                 self.unknown_folders.append(child.name)
                 continue
             self.jobs[job.job_id] = job
+            if job.runner_pid is not None:
+                reap_orphan_runner(job.runner_pid, child)
+                self._update(job.job_id, runner_pid=None)
             if not job.state.final:
                 log.info("resuming job %s (attempt %s) from %s", job.job_id, job.attempt, job.state.value)
                 self._launch(job.job_id)
@@ -325,6 +347,7 @@ class JobManager:
                            lingbot_python=self.settings.lingbot_python,
                            lingbot_checkpoint=self.settings.lingbot_checkpoint, gpu_index=gpu_index)
         proc = await Supervised.start(argv, cwd=job_dir)
+        self._update(job_id, runner_pid=proc.pid)  # so a restarted agent can stop an orphan
         try:
             while line := await proc.stdout.readline():
                 self._on_progress(job_id, line)
@@ -332,6 +355,9 @@ class JobManager:
         except asyncio.CancelledError:
             await proc.terminate(self.settings.cancel_grace_s)
             raise
+        finally:
+            if proc.proc.returncode is not None:
+                self._update(job_id, runner_pid=None)
         if rc != 0:
             raise BackendFailed(f"reconstruction failed: {proc.describe_exit(rc)}")
         missing = [name for name in OUTPUT_FILES if not (job_dir / name).exists()]

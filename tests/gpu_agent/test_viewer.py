@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 import socket
 
@@ -120,6 +121,8 @@ def test_chromium_draws_the_viewer_canvas(tmp_path):
         pytest.skip(f"{CHROMIUM} is not installed (Debian's chromium package): the browser check cannot run")
     playwright = pytest.importorskip("playwright.sync_api", reason="pip package playwright is not installed")
     with agent_with_jobs(tmp_path, 6) as (url, base, workdir):
+        verdict = {"status": "warn", "reasons": [{"code": "blurry_frames", "message": "12% of frames are blurry"}]}
+        (workdir / "job_6" / "qc.json").write_text(json.dumps({"verdict": verdict}))
         port = httpx.post(f"{url}/jobs/6/viewer", headers=AUTH, timeout=90).json()["port"]
         with playwright.sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=[
@@ -128,6 +131,10 @@ def test_chromium_draws_the_viewer_canvas(tmp_path):
             try:
                 page = browser.new_page()
                 page.goto(f"http://127.0.0.1:{port}/", timeout=60_000)
-                page.wait_for_selector("canvas", timeout=120_000)  # software WebGL is slow
+                page.wait_for_function(  # software WebGL is slow: allow for it
+                    "() => [...document.querySelectorAll('canvas')].some(c => c.width > 0 && c.height > 0)",
+                    timeout=120_000)
+                page.get_by_text("QC verdict").wait_for(timeout=60_000)
+                assert "12% of frames are blurry" in page.content()
             finally:
                 browser.close()

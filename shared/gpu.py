@@ -19,6 +19,13 @@ class GpuInfo(WireModel):
     memory_free_mib: int = Field(ge=0)
     utilization_pct: int | None = Field(None, ge=0, le=100)
     temperature_c: int | None = None
+    power_w: float | None = Field(None, ge=0)
+    processes: list["GpuProcess"] = Field([], description="compute processes using this GPU")
+
+
+class GpuProcess(WireModel):
+    pid: int
+    used_memory_mib: int | None = Field(None, ge=0)
 
 
 class BackendInfo(WireModel):
@@ -46,6 +53,13 @@ class AgentStatus(WireModel):
     cpu_load_1m: float
     cpu_count: int
     disk_free_mib: int
+    ram_total_mib: int | None = Field(None, ge=0)
+    ram_available_mib: int | None = Field(None, ge=0)
+    jobs_running: int = Field(0, ge=0, description="jobs ingesting or reconstructing")
+    jobs_waiting: int = Field(0, ge=0, description="jobs accepted, waiting for a slot")
     jobs: list[AgentJob]
     unknown_folders: list[str] = Field([], description="job folders without a readable state.json, left alone")
     viewers: list[ViewerInfo] = Field([], description="running viser viewers")
+
+
+GpuInfo.model_rebuild()

@@ -82,6 +82,7 @@ class JobManager:
         self.root = settings.workdir
         self.jobs: dict[int, AgentJob] = {}
         self.unknown_folders: list[str] = []
+        self.waiting: set[int] = set()  # jobs queued for an ingest or reconstruction slot
         self._tasks: dict[int, asyncio.Task] = {}
         self._cancel_events: dict[int, threading.Event] = {}
         self._ingest_slots = asyncio.Semaphore(settings.ingests)
@@ -216,11 +217,16 @@ class JobManager:
 
     async def _run(self, job_id: int) -> None:
         try:
+            self.waiting.add(job_id)
             async with self._ingest_slots:
+                self.waiting.discard(job_id)
                 await self._ingest(job_id)
             backend = await asyncio.to_thread(self._choose_backend, job_id)
             slot = self.slots.gpu(prefer=self.jobs[job_id].spec.gpu_index) if backend == "lingbot" else self.slots.cpu()
+            self.waiting.add(job_id)
+            self._update(job_id, message=f"frames ready; waiting for a free {'GPU' if backend == 'lingbot' else 'CPU'} slot")
             async with slot as gpu_index:
+                self.waiting.discard(job_id)
                 try:
                     await self._reconstruct(job_id, backend, gpu_index)
                 except BackendFailed as exc:
@@ -245,6 +251,8 @@ class JobManager:
             log.exception("job %s crashed", job_id)
             self._update(job_id, state=JobState.failed, stage="failed", message="failed",
                          error=f"internal error in the gpu agent ({type(exc).__name__}: {exc}); see its log")
+        finally:
+            self.waiting.discard(job_id)
 
     def _load_index(self, job_dir: Path, spec: JobSpec) -> FrameIndex:
         """The frames of fully ingested videos; frames of a partial video are removed."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 from typing import Protocol
 
-from shared.gpu import GpuInfo
+from shared.gpu import GpuInfo, GpuProcess
 
 _MIB = 1024 * 1024
 
@@ -60,6 +60,15 @@ class NvmlProbe:
             temp = pynvml.nvmlDeviceGetTemperature(handle, pynvml.NVML_TEMPERATURE_GPU)
         except pynvml.NVMLError:
             temp = None
+        try:
+            power_w = pynvml.nvmlDeviceGetPowerUsage(handle) / 1000.0
+        except pynvml.NVMLError:
+            power_w = None
+        try:
+            processes = [GpuProcess(pid=p.pid, used_memory_mib=(p.usedGpuMemory // _MIB) if p.usedGpuMemory else None)
+                         for p in pynvml.nvmlDeviceGetComputeRunningProcesses(handle)]
+        except pynvml.NVMLError:
+            processes = []
         name = pynvml.nvmlDeviceGetName(handle)
         uuid = pynvml.nvmlDeviceGetUUID(handle)
         return GpuInfo(
@@ -71,6 +80,8 @@ class NvmlProbe:
             memory_free_mib=mem.free // _MIB,
             utilization_pct=util,
             temperature_c=temp,
+            power_w=power_w,
+            processes=processes,
         )
 
 

@@ -74,13 +74,28 @@ def test_status_without_nvidia_driver_reports_no_gpu_and_cpu_backend(agent):
 
 
 def test_status_reports_recorded_gpu_readings(tmp_path):
+    from shared.gpu import GpuProcess
+
     gpu = GpuInfo(index=0, name="NVIDIA GeForce RTX 3090", uuid="GPU-0", memory_total_mib=24576,
-                  memory_used_mib=1024, memory_free_mib=23552, utilization_pct=7, temperature_c=41)
+                  memory_used_mib=1024, memory_free_mib=23552, utilization_pct=7, temperature_c=41,
+                  power_w=112.5, processes=[GpuProcess(pid=4242, used_memory_mib=900)])
     settings = GpuAgentSettings(workdir=tmp_path, token=TOKEN)
     with serve_app(create_app(settings, probe=RecordedProbe([gpu]))) as url:
         status = httpx.get(f"{url}/status", headers=AUTH).json()
     assert status["gpus"] == [gpu.model_dump()]
     assert status["nvml_error"] is None
+    assert status["ram_total_mib"] > 0 and 0 < status["ram_available_mib"] <= status["ram_total_mib"]
+    assert (status["jobs_running"], status["jobs_waiting"]) == (0, 0)
+
+
+def test_nvml_bindings_import_without_a_deprecation_warning():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-W", "error::FutureWarning", "-W", "error::DeprecationWarning",
+                          "-c", "import services.gpu_agent.nvml as m; m.NvmlProbe().read()"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
 
 
 @pytest.mark.parametrize("method,path", [

@@ -30,11 +30,26 @@ def get_manager(request: Request) -> JobManager:
 ManagerDep = Annotated[JobManager, Depends(get_manager)]
 
 
+def _meminfo_mib() -> dict[str, int]:
+    """MemTotal and MemAvailable from /proc/meminfo, in MiB (empty where there is no /proc)."""
+    out = {}
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                key, _, rest = line.partition(":")
+                if key in ("MemTotal", "MemAvailable"):
+                    out[key] = int(rest.split()[0]) // 1024
+    except OSError:
+        pass
+    return out
+
+
 @router.get("/status")
 async def get_status(request: Request, manager: ManagerDep) -> AgentStatus:
     """GPUs (through NVML), CPU load, free disk and the jobs of this agent."""
     gpus, nvml_error = request.app.state.probe.read()
     disk = shutil.disk_usage(manager.root)
+    ram = _meminfo_mib()
     return AgentStatus(
         node_id=manager.settings.node_id,
         gpus=gpus,
@@ -44,6 +59,10 @@ async def get_status(request: Request, manager: ManagerDep) -> AgentStatus:
         cpu_load_1m=os.getloadavg()[0],
         cpu_count=os.cpu_count() or 1,
         disk_free_mib=disk.free // (1024 * 1024),
+        ram_total_mib=ram.get("MemTotal"),
+        ram_available_mib=ram.get("MemAvailable"),
+        jobs_running=sum(1 for j in manager.jobs.values() if not j.state.final and j.job_id not in manager.waiting),
+        jobs_waiting=len(manager.waiting),
         jobs=list(manager.jobs.values()),
         unknown_folders=list(manager.unknown_folders),
         viewers=request.app.state.viewers.list(),

@@ -11,7 +11,7 @@ A stream without ``end.json`` was cut off and must not be trusted.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
@@ -33,10 +33,34 @@ class VideoInfo(WireModel):
     height: int | None = None
     codec: str | None = None
     error: str | None = Field(None, description="why ffprobe could not read the file")
+    variable_fps: bool | None = Field(None, description="frame rate varies (average differs from the base rate)")
+    rotation_deg: int | None = Field(None, description="display rotation in degrees (0, 90, 180, 270)")
+    bit_rate_bps: int | None = Field(None, ge=0, description="video stream bit rate (else the file's)")
+    creation_time: str | None = Field(None, description="creation time recorded by the camera (ISO 8601)")
+    recording: str | None = Field(None, description="id of the recording this file is a chapter of (GoPro names)")
+    chapter: int | None = Field(None, ge=1, description="chapter number within its recording, from 1")
 
 
 class VideoList(WireModel):
     videos: list[VideoInfo]
+    total: int | None = Field(None, ge=0, description="videos matching the filter, before paging")
+    next_offset: int | None = Field(None, ge=0, description="offset of the next page; none on the last page")
+
+
+class Recording(WireModel):
+    """The chapters of one recording in order (GoPro names), or a single video on its own."""
+
+    id: str = Field(description="folder, prefix and number (100GOPRO/GX0042), or the path of a lone video")
+    gopro: bool
+    root: int = Field(ge=0)
+    chapters: list[str] = Field(description="video paths in chapter order")
+    duration_s: float | None = Field(None, description="sum over the chapters; none if one is unknown")
+    size_bytes: int = Field(ge=0)
+    unreadable: list[str] = Field(default_factory=list, description="chapters ffprobe could not read")
+
+
+class RecordingList(WireModel):
+    recordings: list[Recording]
 
 
 class FrameParams(WireModel):
@@ -52,6 +76,9 @@ class FrameParams(WireModel):
     start_s: Annotated[float, Field(ge=0, le=86_400)] = 0.0
     end_s: Annotated[float | None, Field(gt=0, le=86_400)] = None
     quality: Annotated[int, Field(ge=2, le=31, description="JPEG qscale, 2 best")] = 3
+    keyframes: Annotated[
+        bool, Field(description="key frames only (fast preview); fps and max_frames still thin them out")
+    ] = False
 
     @model_validator(mode="after")
     def _end_after_start(self) -> "FrameParams":
@@ -74,6 +101,26 @@ class RootStatus(WireModel):
     error: str | None = Field(None, description="why the disk could not be read, e.g. not mounted")
 
 
+class ThumbnailParams(WireModel):
+    t: Annotated[
+        float | None, Field(ge=0, le=86_400, description="seconds into the video; default 10% of its duration")
+    ] = None
+    width: Annotated[int, Field(ge=32, le=1920, description="output width; height keeps the aspect")] = 320
+
+
+class ExtractionStatus(WireModel):
+    """One frame extraction, running or waiting for a slot."""
+
+    path: str
+    state: Literal["running", "queued"]
+    queue_position: int | None = Field(None, ge=1, description="1 = next to start; none when running")
+    keyframes: bool = False
+    frames: int = Field(0, ge=0, description="frames sent so far")
+    expected_frames: int | None = Field(None, ge=0, description="what a healthy file yields, when known")
+    progress: float | None = Field(None, ge=0, le=1, description="share of the time window read so far")
+    elapsed_s: float = Field(0, ge=0)
+
+
 class StorageStatus(WireModel):
     node_id: str
     roots: list[RootStatus]
@@ -81,3 +128,5 @@ class StorageStatus(WireModel):
     cpu_count: int
     extractions_running: int = Field(ge=0)
     extractions_max: int = Field(ge=1)
+    extractions_queued: int = Field(0, ge=0)
+    extractions: list[ExtractionStatus] = Field(default_factory=list, description="running, then queued in order")

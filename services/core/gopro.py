@@ -12,35 +12,11 @@ video is a recording of one chapter named by its own path.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Iterable
 
+from shared.gopro import Chapter, parse  # noqa: F401  (the parser lives in shared/, the storage agent uses it too)
 from shared.videos import VideoInfo
-
-_NEW = re.compile(r"^(G[XH])(\d{2})(\d{4})\.(mp4|mov)$", re.IGNORECASE)
-_OLD_FIRST = re.compile(r"^GOPR(\d{4})\.(mp4|mov)$", re.IGNORECASE)
-_OLD_NEXT = re.compile(r"^GP(\d{2})(\d{4})\.(mp4|mov)$", re.IGNORECASE)
-
-
-@dataclass(frozen=True)
-class Chapter:
-    recording: str  # recording id
-    chapter: int  # 1 for the first chapter
-    gopro: bool
-
-
-def parse(path: str) -> Chapter:
-    """The recording and chapter of a video path (relative, '/'-separated)."""
-    folder, _, name = path.rpartition("/")
-    prefix = f"{folder}/" if folder else ""
-    if m := _NEW.match(name):
-        return Chapter(f"{prefix}{m.group(1).upper()}{m.group(3)}", int(m.group(2)), True)
-    if m := _OLD_FIRST.match(name):
-        return Chapter(f"{prefix}GOPR{m.group(1)}", 1, True)
-    if m := _OLD_NEXT.match(name):
-        return Chapter(f"{prefix}GOPR{m.group(2)}", int(m.group(1)) + 1, True)
-    return Chapter(path, 1, False)
 
 
 @dataclass

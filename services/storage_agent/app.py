@@ -16,6 +16,7 @@ from services.storage_agent.config import StorageSettings
 from services.storage_agent.frames import Extractor
 from services.storage_agent.metrics import install_storage_metrics
 from services.storage_agent.paths import StorageRoots
+from services.storage_agent.probecache import ProbeCache
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ def create_app(settings: StorageSettings) -> FastAPI:
         node_id=settings.node_id,
         roots=roots,
         catalog=Catalog(roots, probe_timeout_s=settings.probe_timeout_s,
-                        probe_concurrency=settings.probe_concurrency),
+                        probe_concurrency=settings.probe_concurrency, cache=ProbeCache(settings.state_dir)),
         extractor=Extractor(max_concurrent=settings.max_concurrent_extractions,
                             wait_s=settings.extraction_wait_s, stall_timeout_s=settings.stall_timeout_s),
     )
@@ -42,6 +43,7 @@ def create_app(settings: StorageSettings) -> FastAPI:
         finally:
             # Streams still open at shutdown must not leave ffmpeg behind.
             await agent.extractor.close_all()
+            agent.catalog.cache.close()
 
     app = make_app(title="COSMA QC storage agent", role="storage", node_id=settings.node_id, lifespan=lifespan)
     app.state.agent = agent

@@ -1,15 +1,18 @@
 """The video catalog: every video file under the roots, with its ffprobe facts.
 
 Listing never fails because of one file: a file ffprobe cannot read is listed with its
-``error``. Probes run a few at a time and are cached by (file, size, mtime), so listing a
-disk of finished recordings costs one ffprobe per file once.
+``error``. Probes run a few at a time and are cached by (file, size, mtime) in a
+:class:`~services.storage_agent.probecache.ProbeCache` (a SQLite file under the state
+folder), so a disk of finished recordings costs one ffprobe per file once, across restarts;
+a rescan probes only new or changed files. Each entry carries its GoPro recording and
+chapter (:mod:`shared.gopro`); :meth:`Catalog.recordings` groups them.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import dataclasses
+import functools
 import logging
 import os
 from dataclasses import dataclass
@@ -17,15 +20,14 @@ from pathlib import Path
 
 import anyio
 
+from shared import gopro
 from shared.errors import NotFound
-from shared.videos import VideoInfo, VideoList
-from services.storage_agent.paths import ResolvedVideo, StorageRoots, is_video_name
+from shared.videos import Recording, RecordingList, VideoInfo, VideoList
+from services.storage_agent.paths import ResolvedVideo, StorageRoots, check_folder, is_video_name
 from services.storage_agent.probe import ProbeError, VideoFacts, probe_video
+from services.storage_agent.probecache import ProbeCache
 
 log = logging.getLogger(__name__)
-
-#: Probe results kept; a disk of GoPro chapters holds a few thousand files.
-CACHE_ENTRIES = 20_000
 
 _CacheKey = tuple[str, int, int]
 
@@ -40,8 +42,9 @@ class FoundVideo:
     mtime_ns: int
 
 
-def find_videos(roots: StorageRoots) -> list[FoundVideo]:
-    """Walk every root for video files, skipping hidden entries and links leading out of the roots.
+def find_videos(roots: StorageRoots, folder: str | None = None) -> list[FoundVideo]:
+    """Walk every root (or only ``folder`` in each) for video files, skipping hidden entries
+    and links leading out of the roots.
 
     Hidden names are skipped because disks written by macOS carry ``._GX010042.MP4``
     resource forks and ``.Trashes``, which are not videos. Symlinked folders are not
@@ -50,7 +53,11 @@ def find_videos(roots: StorageRoots) -> list[FoundVideo]:
     """
     found: list[FoundVideo] = []
     for index, root in enumerate(roots.real):
-        for dirpath, dirnames, filenames in os.walk(root, onerror=_walk_error):
+        top = root.joinpath(*folder.split("/")) if folder else root
+        # Only a real folder under the root, reached without links: the walk never leaves it.
+        if folder and (top.is_symlink() or not top.is_dir() or top.resolve() != top):
+            continue
+        for dirpath, dirnames, filenames in os.walk(top, onerror=_walk_error):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             for name in sorted(filenames):
                 if name.startswith(".") or not is_video_name(name):
@@ -77,12 +84,12 @@ def _walk_error(exc: OSError) -> None:
 
 
 class Catalog:
-    def __init__(self, roots: StorageRoots, *, probe_timeout_s: float, probe_concurrency: int):
+    def __init__(self, roots: StorageRoots, *, probe_timeout_s: float, probe_concurrency: int,
+                 cache: ProbeCache | None = None):
         self.roots = roots
+        self.cache = cache if cache is not None else ProbeCache()
         self._probe_timeout_s = probe_timeout_s
         self._probe_slots = asyncio.Semaphore(probe_concurrency)
-        # Facts, or the reason ffprobe gave for an unreadable file.
-        self._cache: collections.OrderedDict[_CacheKey, VideoFacts | str] = collections.OrderedDict()
         self._probing: dict[_CacheKey, asyncio.Future[VideoFacts | ProbeError]] = {}
 
     async def facts(self, file: Path) -> VideoFacts:
@@ -94,7 +101,7 @@ class Catalog:
         return await self._facts(file, (str(file), st.st_size, st.st_mtime_ns))
 
     async def _facts(self, file: Path, key: _CacheKey) -> VideoFacts:
-        result = self._cache.get(key)
+        result = self.cache.get(*key)
         if result is None:
             # Requests for the same file (a listing and a frames request, two listings)
             # share one ffprobe run, which finishes and is cached even if they go away.
@@ -116,17 +123,11 @@ class Catalog:
             try:
                 facts = await probe_video(file, timeout_s=self._probe_timeout_s)
             except ProbeError as exc:
-                if exc.transient:
-                    return exc
-                self._remember(key, exc.reason)
+                if not exc.transient:
+                    self.cache.put(*key, exc.reason)
                 return exc
-        self._remember(key, facts)
+        self.cache.put(*key, facts)
         return facts
-
-    def _remember(self, key: _CacheKey, result: VideoFacts | str) -> None:
-        self._cache[key] = result
-        while len(self._cache) > CACHE_ENTRIES:
-            self._cache.popitem(last=False)
 
     async def info(self, video: ResolvedVideo) -> VideoInfo:
         """Catalog entry of one resolved video."""
@@ -138,9 +139,16 @@ class Catalog:
                            size_bytes=st.st_size, mtime=st.st_mtime, mtime_ns=st.st_mtime_ns)
         return await self._info(found)
 
-    async def list_videos(self) -> VideoList:
-        """Every video under the roots, in (root, path) order."""
-        found = await anyio.to_thread.run_sync(find_videos, self.roots)
+    async def _entries(self, folder: str | None) -> list[tuple[VideoInfo, bool]]:
+        """Every video (under ``folder``) in (root, path) order, and whether it can be served."""
+        if folder is not None:
+            folder = check_folder(folder)
+        found = await anyio.to_thread.run_sync(find_videos, self.roots, folder)
+        if folder is None:
+            # A complete walk: rows of files that are gone only take room.
+            walked = sorted({str(self.roots.real[f.root]) for f in found})
+            await anyio.to_thread.run_sync(
+                functools.partial(self.cache.keep_only, {str(f.file) for f in found}, under=walked))
         first_root: dict[str, int] = {}
         for f in found:
             first_root.setdefault(f.path, f.root)
@@ -148,19 +156,52 @@ class Catalog:
             self._info(f) if first_root[f.path] == f.root else self._shadowed(f, first_root[f.path])
             for f in found
         ))
-        return VideoList(videos=sorted(infos, key=lambda v: (v.root, v.path)))
+        entries = [(info, first_root[f.path] == f.root) for info, f in zip(infos, found)]
+        return sorted(entries, key=lambda e: (e[0].root, e[0].path))
+
+    async def list_videos(self, folder: str | None = None, *, offset: int = 0, limit: int | None = None) -> VideoList:
+        """Videos under the roots (or under ``folder`` in each root), in (root, path) order, one page."""
+        videos = [info for info, _ in await self._entries(folder)]
+        end = len(videos) if limit is None else min(len(videos), offset + limit)
+        return VideoList(videos=videos[offset:end], total=len(videos),
+                         next_offset=end if end < len(videos) else None)
+
+    async def recordings(self, folder: str | None = None) -> RecordingList:
+        """Recordings (GoPro chapters grouped, in chapter order), sorted by id; hidden twins left out."""
+        chapters: dict[str, list[VideoInfo]] = {}
+        for info, servable in await self._entries(folder):
+            if servable:
+                chapters.setdefault(info.recording or info.path, []).append(info)
+        out = []
+        for recording_id in sorted(chapters):
+            videos = sorted(chapters[recording_id], key=lambda v: (v.chapter or 1, v.path))
+            durations = [v.duration_s for v in videos]
+            out.append(Recording(
+                id=recording_id, gopro=gopro.parse(videos[0].path).gopro, root=videos[0].root,
+                chapters=[v.path for v in videos],
+                duration_s=None if None in durations else round(sum(durations), 3),
+                size_bytes=sum(v.size_bytes for v in videos),
+                unreadable=[v.path for v in videos if v.error],
+            ))
+        return RecordingList(recordings=out)
 
     @staticmethod
-    async def _shadowed(found: FoundVideo, by_root: int) -> VideoInfo:
+    def _base(found: FoundVideo) -> dict:
+        chapter = gopro.parse(found.path)
+        return dict(root=found.root, path=found.path, size_bytes=found.size_bytes, mtime=found.mtime,
+                    recording=chapter.recording, chapter=chapter.chapter)
+
+    @classmethod
+    async def _shadowed(cls, found: FoundVideo, by_root: int) -> VideoInfo:
         # A path is looked up in root order, so this file can never be served.
         return VideoInfo(
-            root=found.root, path=found.path, size_bytes=found.size_bytes, mtime=found.mtime,
+            **cls._base(found),
             error=f"unreachable: storage root {by_root} holds a video with the same path, "
                   "which is served instead; rename one of them",
         )
 
     async def _info(self, found: FoundVideo) -> VideoInfo:
-        entry = dict(root=found.root, path=found.path, size_bytes=found.size_bytes, mtime=found.mtime)
+        entry = self._base(found)
         try:
             facts = await self._facts(found.file, (str(found.file), found.size_bytes, found.mtime_ns))
         except ProbeError as exc:

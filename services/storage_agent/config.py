@@ -16,6 +16,9 @@ class StorageSettings(ServiceSettings):
     port: int = Field(8310, ge=0, le=65535, description="port to listen on")
     # In the environment: a JSON list, COSMA_STORAGE_ROOTS='["/mnt/portablessd"]'.
     roots: list[Path] = Field([], description="folder holding videos; repeat for several")
+    state_dir: Path | None = Field(
+        None, description="folder for the agent's own state (the probe cache); none: cache in memory only"
+    )
     probe_timeout_s: float = Field(30.0, gt=0, le=600, description="seconds ffprobe may take on one file")
     probe_concurrency: int = Field(
         4, ge=1, le=64, description="ffprobe processes run at once while listing the catalog"

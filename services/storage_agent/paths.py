@@ -74,6 +74,18 @@ def check_relative_path(path: str) -> str:
     return path
 
 
+def check_folder(folder: str) -> str:
+    """A clean relative folder (``day1/boat``), without a trailing '/'; :class:`Forbidden` otherwise."""
+    folder = folder.strip("/") if not folder.startswith("/") else folder
+    if not folder or len(folder) > MAX_PATH_CHARS:
+        raise Forbidden("a folder must be a non-empty path relative to the roots, as GET /videos lists them")
+    if reason := _why_unsafe(folder):
+        raise Forbidden(f"folder {folder!r} is refused: {reason}")
+    if _why_unsafe(unquote(unquote(folder))):
+        raise Forbidden(f"folder {folder!r} is refused: it hides '..', '/' or '\\' in percent-encoding")
+    return folder
+
+
 class StorageRoots:
     """The configured roots, resolved once, and the lookup of a relative path among them."""
 

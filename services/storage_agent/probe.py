@@ -1,4 +1,5 @@
-"""ffprobe: the facts of one video file (duration, frame rate, size, codec), or why it is unreadable."""
+"""ffprobe: the facts of one video file (duration, frame rate, size, codec, rotation, bit rate,
+creation time), or why it is unreadable (no video stream, absurd picture size, ffprobe's reason)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,10 @@ from services.storage_agent import fftools
 
 #: ffprobe's JSON for one file is a few hundred bytes; more means something is wrong.
 MAX_PROBE_OUTPUT_BYTES = 1 << 20
+#: Largest picture side taken for real; 8K is 7680, GoPro's largest 5.3K is 5312 wide.
+MAX_SIDE_PX = 16384
+#: Smallest: below this nothing useful can be seen, and it is usually a corrupt header.
+MIN_SIDE_PX = 16
 
 
 class ProbeError(Exception):
@@ -39,13 +44,20 @@ class VideoFacts:
     width: int | None
     height: int | None
     codec: str | None
+    variable_fps: bool | None = None
+    rotation_deg: int | None = None
+    bit_rate_bps: int | None = None
+    creation_time: str | None = None
 
 
 def probe_argv(file: Path) -> list[str]:
     return [
         fftools.FFPROBE, "-v", "error", "-hide_banner",
         "-select_streams", "v:0",
-        "-show_entries", "stream=codec_name,width,height,avg_frame_rate,r_frame_rate,duration:format=duration",
+        "-show_entries",
+        "stream=codec_name,width,height,avg_frame_rate,r_frame_rate,duration,bit_rate"
+        ":stream_tags=rotate,creation_time:stream_side_data=rotation"
+        ":format=duration,bit_rate:format_tags=creation_time",
         "-of", "json",
         *fftools.input_args(file),
     ]
@@ -91,13 +103,44 @@ def parse_probe_output(out: bytes) -> VideoFacts:
         raise ProbeError("it has no video stream")
     stream = streams[0]
     fmt = data.get("format") or {}
+    width, height = _int(stream.get("width")), _int(stream.get("height"))
+    if not width or not height:
+        raise ProbeError("its video stream has no picture size (a corrupt header?)")
+    if not (MIN_SIDE_PX <= width <= MAX_SIDE_PX and MIN_SIDE_PX <= height <= MAX_SIDE_PX):
+        raise ProbeError(f"its picture size {width}x{height} is absurd "
+                         f"(each side must be {MIN_SIDE_PX} to {MAX_SIDE_PX} pixels): a corrupt header?")
+    avg, base = _rate(stream.get("avg_frame_rate")), _rate(stream.get("r_frame_rate"))
+    tags, fmt_tags = stream.get("tags") or {}, fmt.get("tags") or {}
     return VideoFacts(
         duration_s=_positive(stream.get("duration")) or _positive(fmt.get("duration")),
-        fps=_rate(stream.get("avg_frame_rate")) or _rate(stream.get("r_frame_rate")),
-        width=_int(stream.get("width")),
-        height=_int(stream.get("height")),
+        fps=avg or base,
+        width=width,
+        height=height,
         codec=stream.get("codec_name") or None,
+        # r_frame_rate is the base rate that represents every timestamp; a constant-rate
+        # file averages exactly that, a variable one (phones, screen captures) does not.
+        variable_fps=None if avg is None or base is None else abs(avg - base) > 0.01 * base,
+        rotation_deg=_rotation(stream),
+        bit_rate_bps=_int(stream.get("bit_rate")) or _int(fmt.get("bit_rate")),
+        creation_time=tags.get("creation_time") or fmt_tags.get("creation_time") or None,
     )
+
+
+def _rotation(stream: dict) -> int | None:
+    """Display rotation as ffprobe reports it (side data, else the old ``rotate`` tag), in 0..359."""
+    for side in stream.get("side_data_list") or []:
+        if "rotation" in side:
+            value = _float(side["rotation"])
+            return None if value is None else round(value) % 360
+    value = _float((stream.get("tags") or {}).get("rotate"))
+    return 0 if value is None else round(value) % 360
+
+
+def _float(value) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
 
 
 def _positive(value) -> float | None:

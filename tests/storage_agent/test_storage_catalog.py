@@ -29,7 +29,10 @@ def test_listing_is_recursive_with_facts_and_errors(layout):
     assert good == {
         "path": "day1/boat/GX020042.MP4", "root": 0, "size_bytes": stat.st_size, "mtime": stat.st_mtime,
         "duration_s": 3.0, "fps": 10.0, "width": 320, "height": 180, "codec": "h264", "error": None,
+        "variable_fps": False, "rotation_deg": 0, "bit_rate_bps": good["bit_rate_bps"], "creation_time": None,
+        "recording": "day1/boat/GX0042", "chapter": 2,
     }
+    assert good["bit_rate_bps"] > 10_000
     assert videos["day1/alias.mp4"]["width"] == 320
     assert "moov atom not found" in videos["broken/truncated.mp4"]["error"]
     assert videos["broken/zero.MP4"]["error"] == "the file is empty (0 bytes)"

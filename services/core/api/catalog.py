@@ -13,6 +13,8 @@ from services.core.models import (ERROR_RESPONSES, CatalogVideo, RecordingPublic
 
 router = APIRouter(tags=["catalog"], responses=ERROR_RESPONSES)
 
+# The agent's VideoInfo carries more facts than the core publishes (rotation, bit rate, ...).
+_VIDEO_FIELDS = set(CatalogVideo.model_fields) - {"storage", "recording", "chapter"}
 StorageFilter = Annotated[list[str] | None, Query(description="only these storage nodes (default: all)")]
 
 
@@ -25,7 +27,7 @@ async def list_videos(store: StoreDep, agents: AgentsDep, storage: StorageFilter
         for video in node.videos:
             chapter = gopro.parse(video.path)
             videos.append(CatalogVideo(storage=node.node, recording=chapter.recording, chapter=chapter.chapter,
-                                       **video.model_dump(exclude={"root"})))
+                                       **video.model_dump(include=_VIDEO_FIELDS)))
     return VideosPublic(videos=videos, errors=_errors(errors))
 
 

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from shared.videos import FrameParams, VideoInfo, VideoList
+from shared.videos import FrameParams, RecordingList, VideoInfo, VideoList
 from services.storage_agent.api.deps import AgentDep
 from services.storage_agent.frames import Extraction, plan_extraction
 from services.storage_agent.probe import ProbeError, VideoUnreadable
@@ -41,10 +41,26 @@ class ExtractionResponse(StreamingResponse):
                 await self.extraction.close()
 
 
+FolderQuery = Annotated[
+    str | None, Query(max_length=4096, description="only videos under this folder (relative, '/'-separated)")
+]
+
+
 @router.get("/videos")
-async def list_videos(agent: AgentDep) -> VideoList:
-    """Every video under the storage roots with size, mtime and ffprobe facts (or why unreadable)."""
-    return await agent.catalog.list_videos()
+async def list_videos(
+    agent: AgentDep,
+    folder: FolderQuery = None,
+    offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
+    limit: Annotated[int | None, Query(ge=1, le=100_000, description="page size; default: all")] = None,
+) -> VideoList:
+    """Videos under the storage roots (or one folder) with size, mtime, ffprobe facts (or why unreadable)."""
+    return await agent.catalog.list_videos(folder or None, offset=offset, limit=limit)
+
+
+@router.get("/recordings")
+async def list_recordings(agent: AgentDep, folder: FolderQuery = None) -> RecordingList:
+    """Recordings: GoPro chapters grouped in chapter order with their total duration; other videos alone."""
+    return await agent.catalog.recordings(folder or None)
 
 
 @router.get(

@@ -17,6 +17,7 @@ from services.storage_agent.frames import Extractor
 from services.storage_agent.metrics import install_storage_metrics
 from services.storage_agent.paths import StorageRoots
 from services.storage_agent.probecache import ProbeCache
+from services.storage_agent.thumbnail import Thumbnailer
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,7 @@ def create_app(settings: StorageSettings) -> FastAPI:
                         probe_concurrency=settings.probe_concurrency, cache=ProbeCache(settings.state_dir)),
         extractor=Extractor(max_concurrent=settings.max_concurrent_extractions,
                             wait_s=settings.extraction_wait_s, stall_timeout_s=settings.stall_timeout_s),
+        thumbnailer=Thumbnailer(concurrency=settings.probe_concurrency, timeout_s=settings.probe_timeout_s),
     )
 
     @contextlib.asynccontextmanager

@@ -10,6 +10,7 @@ from fastapi import Depends, Request
 from services.storage_agent.catalog import Catalog
 from services.storage_agent.frames import Extractor
 from services.storage_agent.paths import StorageRoots
+from services.storage_agent.thumbnail import Thumbnailer
 
 
 @dataclass(frozen=True)
@@ -18,6 +19,7 @@ class StorageAgent:
     roots: StorageRoots
     catalog: Catalog
     extractor: Extractor
+    thumbnailer: Thumbnailer
 
 
 def get_agent(request: Request) -> StorageAgent:

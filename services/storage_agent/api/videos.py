@@ -1,4 +1,4 @@
-"""``/videos``: the catalog, one video's facts, and its frames as a tar stream."""
+"""``/videos`` and ``/recordings``: the catalog, one video's facts, a thumbnail, its frames as a tar stream."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ from typing import Annotated
 
 import anyio
 from fastapi import APIRouter, Query
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from shared.videos import FrameParams, RecordingList, VideoInfo, VideoList
+from shared.videos import FrameParams, RecordingList, ThumbnailParams, VideoInfo, VideoList
 from services.storage_agent.api.deps import AgentDep
 from services.storage_agent.frames import Extraction, plan_extraction
 from services.storage_agent.probe import ProbeError, VideoUnreadable
@@ -80,6 +80,22 @@ async def stream_frames(
     plan = plan_extraction(params, facts)
     extraction = await agent.extractor.start(video, plan)
     return ExtractionResponse(extraction)
+
+
+@router.get(
+    "/videos/{path:path}/thumbnail",
+    response_class=Response,
+    responses={200: {"content": {"image/jpeg": {}}, "description": "one JPEG"}},
+)
+async def get_thumbnail(path: str, params: Annotated[ThumbnailParams, Query()], agent: AgentDep) -> Response:
+    """One JPEG of the video at ``t`` seconds (default: 10% in), ``width`` wide."""
+    video = agent.roots.resolve(path)
+    try:
+        facts = await agent.catalog.facts(video.file)
+    except ProbeError as exc:
+        raise VideoUnreadable(f"cannot read video {path!r}: {exc.reason}") from None
+    jpeg = await agent.thumbnailer.make(video, facts, params)
+    return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=300"})
 
 
 @router.get("/videos/{path:path}")

@@ -34,7 +34,13 @@ from shared.errors import Conflict, NotFound
 from shared.geometry import apply_similarity, trajectory_length, umeyama
 from shared.plyio import read_ply, write_ply
 from shared.procs import Supervised
-from shared.stitches import StitchJobResult, StitchReport, StitchSpec, StitchState
+from shared.stitches import (
+    StitchInput,
+    StitchJobResult,
+    StitchReport,
+    StitchSpec,
+    StitchState,
+)
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +127,9 @@ class StitchManager:
                                    else process.describe_exit(rc))
             result = StitchReport.model_validate_json(report.read_bytes())
             self.stitches[stitch_id] = StitchState(stitch_id=stitch_id, state="done", message="done", report=result)
-        except (StitchFailed, httpx.HTTPError, OSError, ValueError) as exc:
+        except Exception as exc:  # a stitch never stays "running" after its task ended
+            if not isinstance(exc, (StitchFailed, httpx.HTTPError, OSError, ValueError)):
+                log.exception("stitch %s: unexpected failure", stitch_id)
             message = str(exc) if isinstance(exc, StitchFailed) else f"{type(exc).__name__}: {exc}"
             log.warning("stitch %s failed: %s", stitch_id, message)
             self.stitches[stitch_id] = StitchState(stitch_id=stitch_id, state="failed", message="failed",
@@ -136,22 +144,20 @@ class StitchManager:
             for i, job in enumerate(spec.jobs):
                 folder = work / f"j{i}"
                 folder.mkdir(parents=True)
-                base = f"{job.agent_url.rstrip('/')}/jobs/{job.job_id}/files"
-
-                async def fetch(name: str, target: Path, what: str) -> None:
-                    resp = await client.get(f"{base}/{name}")
-                    if resp.status_code != 200:
-                        raise StitchFailed(f"job {job.job_id} on {job.agent_url}: {what} unavailable "
-                                           f"(HTTP {resp.status_code})")
-                    target.write_bytes(resp.content)
-
-                await fetch(CAMERAS_NAME, work / f"j{i}.cameras.json", CAMERAS_NAME)
-                await fetch(PLY_NAME, work / f"j{i}.ply", PLY_NAME)
+                await _fetch_file(client, job, CAMERAS_NAME, work / f"j{i}.cameras.json")
+                await _fetch_file(client, job, PLY_NAME, work / f"j{i}.ply")
                 cameras = Cameras.model_validate_json((work / f"j{i}.cameras.json").read_bytes())
                 for frame in pick_frames(cameras, spec.frames_per_job):
-                    await fetch(frame, folder / frame, f"frame {frame}")
+                    await _fetch_file(client, job, frame, folder / frame)
                 inputs.append(job.model_dump())
         (work / "inputs.json").write_text(json.dumps(inputs))
+
+
+async def _fetch_file(client: httpx.AsyncClient, job: StitchInput, name: str, target: Path) -> None:
+    resp = await client.get(f"{job.agent_url.rstrip('/')}/jobs/{job.job_id}/files/{name}")
+    if resp.status_code != 200:
+        raise StitchFailed(f"job {job.job_id} on {job.agent_url}: {name} unavailable (HTTP {resp.status_code})")
+    target.write_bytes(resp.content)
 
 
 def pick_frames(cameras: Cameras, count: int) -> list[str]:
@@ -165,7 +171,7 @@ def pick_frames(cameras: Cameras, count: int) -> list[str]:
 # -- the subprocess: joint model, similarities, outputs ---------------------------------------
 
 
-def align(work: Path, *, threads: int) -> tuple[list[dict], "object"]:
+def align(work: Path, *, threads: int) -> list[dict]:
     """Joint pycolmap model of ``work/j*/``; returns per job its similarity into job 0's frame."""
     import pycolmap
 
@@ -261,11 +267,11 @@ def align(work: Path, *, threads: int) -> tuple[list[dict], "object"]:
             "matrix": matrix.tolist(), "cross_matches": int(cross[i]), "shared_frames": len(shared),
             "rmse": rmse_model / s0, "rmse_relative": (rmse_model / s0) / path_m if path_m > 0 else None,
         })
-    return results, model
+    return results
 
 
 def run(work: Path, out_ply: Path, out_json: Path, *, stitch_id: int, threads: int) -> None:
-    results, _ = align(work, threads=threads)
+    results = align(work, threads=threads)
     xyz, rgb = [], []
     for i, job in enumerate(results):
         cols = read_ply(work / f"j{i}.ply")

@@ -17,12 +17,11 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from services.gpu_agent.config import GpuAgentSettings
+from services.gpu_agent.viewer_runner import EXIT_PORT_TAKEN
 from shared.errors import ApiError, Conflict, NotFound, Unavailable
 from shared.gpu import ViewerInfo
 from shared.procs import Supervised
-
-from services.gpu_agent.config import GpuAgentSettings
-from services.gpu_agent.viewer_runner import EXIT_PORT_TAKEN
 
 log = logging.getLogger(__name__)
 

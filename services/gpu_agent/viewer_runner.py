@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_PORT_TAKEN
     try:
         populate(server, args.job_dir, max_points=args.max_points, title=args.title)
-    except Exception as exc:  # a malformed PLY or cameras.json
+    except Exception as exc:  # noqa: BLE001 - a malformed PLY or cameras.json: say so and exit
         server.stop()
         print(f"cannot show {args.job_dir.name}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
         return EXIT_FAILED
@@ -99,9 +99,9 @@ def wait_while_used(server, idle_timeout_s: float) -> None:
 
 
 def populate(server, job_dir: Path, *, max_points: int, title: str | None) -> None:
+    from services.gpu_agent.glb import PLY_NAME, frustum_depth, subsample
     from shared.cameras import CAMERAS_NAME, read_cameras
     from shared.plyio import read_ply
-    from services.gpu_agent.glb import PLY_NAME, frustum_depth, subsample
 
     xyz = np.zeros((0, 3), np.float32)
     rgb = np.zeros((0, 3), np.uint8)

@@ -12,9 +12,9 @@ import httpx
 import numpy as np
 import pytest
 import trimesh
-
 from conftest import TOKEN, serve_app
 from results_media import write_done_job
+
 from services.gpu_agent.app import create_app
 from services.gpu_agent.config import GpuAgentSettings
 from services.gpu_agent.glb import GlbOptions, build_glb

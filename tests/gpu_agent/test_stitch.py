@@ -12,9 +12,9 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from conftest import TOKEN, processes_matching, serve_app, wait_until
 from PIL import Image
 
-from conftest import TOKEN, processes_matching, serve_app, wait_until
 from services.demo.synth import FOCAL_PER_WIDTH, camera_pose, terrain_for_seed
 from services.gpu_agent.app import create_app
 from services.gpu_agent.config import GpuAgentSettings
@@ -134,7 +134,7 @@ def test_jobs_that_do_not_overlap_are_refused_and_nothing_is_written(sites):
 
 
 def test_a_missing_job_fails_with_its_name_and_bad_specs_are_422(sites):
-    url_a, url_b, root, _ = sites
+    url_a, url_b, _, _ = sites
     state = run_stitch(url_a, 3, [(url_a, 1), (url_b, 77)])
     assert state["state"] == "failed" and "job 77" in state["error"]
     resp = httpx.put(f"{url_a}/stitches/4", json={"jobs": [{"agent_url": url_a, "job_id": 1}]}, headers=AUTH)

@@ -9,9 +9,9 @@ import socket
 
 import httpx
 import pytest
-
 from conftest import TOKEN, processes_matching, serve_app, wait_until
 from results_media import write_done_job
+
 from services.gpu_agent.app import create_app
 from services.gpu_agent.config import GpuAgentSettings
 
@@ -120,7 +120,7 @@ def test_chromium_draws_the_viewer_canvas(tmp_path):
     if not shutil.which(CHROMIUM):
         pytest.skip(f"{CHROMIUM} is not installed (Debian's chromium package): the browser check cannot run")
     playwright = pytest.importorskip("playwright.sync_api", reason="pip package playwright is not installed")
-    with agent_with_jobs(tmp_path, 6) as (url, base, workdir):
+    with agent_with_jobs(tmp_path, 6) as (url, _, workdir):
         verdict = {"status": "warn", "reasons": [{"code": "blurry_frames", "message": "12% of frames are blurry"}]}
         (workdir / "job_6" / "qc.json").write_text(json.dumps({"verdict": verdict}))
         port = httpx.post(f"{url}/jobs/6/viewer", headers=AUTH, timeout=90).json()["port"]

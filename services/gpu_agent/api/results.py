@@ -8,14 +8,19 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
 from fastapi.responses import FileResponse
 
+from services.gpu_agent.api.routes import ManagerDep
+from services.gpu_agent.glb import (
+    PLY_NAME,
+    SAFE_MAX_POINTS,
+    GlbCache,
+    GlbInputsMissing,
+    GlbOptions,
+)
+from services.gpu_agent.stitch import StitchManager
+from services.gpu_agent.viewer import ViewerManager
 from shared.errors import BadRequest, NotFound
 from shared.gpu import ViewerInfo
 from shared.stitches import StitchSpec, StitchState
-
-from services.gpu_agent.api.routes import ManagerDep
-from services.gpu_agent.glb import PLY_NAME, SAFE_MAX_POINTS, GlbCache, GlbInputsMissing, GlbOptions
-from services.gpu_agent.stitch import StitchManager
-from services.gpu_agent.viewer import ViewerManager
 
 
 @contextlib.asynccontextmanager

@@ -1,4 +1,4 @@
-"""``GET /``: the job list page, with hostile names escaped."""
+"""The dashboard's pages render (without a browser), with hostile names escaped."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ HOSTILE = "<script>alert('x')</script>&\".ply"
 
 async def test_the_page_lists_jobs_and_nodes_with_everything_escaped(tmp_path):
     async with running_core(core_settings(tmp_path)) as (app, client):
-        empty = await client.get("/")
+        empty = await client.get("/jobs")
         assert empty.status_code == 200 and "No jobs yet" in empty.text
 
         store = app.state.store
@@ -30,14 +30,18 @@ async def test_the_page_lists_jobs_and_nodes_with_everything_escaped(tmp_path):
                           created_at=now, updated_at=now)
         store.apply_report(job.id, report, node="g1", lease_s=30, now=now)
 
-        resp = await client.get("/")
-        assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/html")
-        page = resp.text
-        assert "<script>" not in page and "<img" not in page
-        assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;&amp;&quot;.ply" in page
-        assert "&lt;img src=x onerror=alert(1)&gt; broke" in page
+        overview = await client.get("/")
+        assert overview.status_code == 200 and overview.headers["content-type"].startswith("text/html")
+        assert "g1" in overview.text and "<img" not in overview.text
+
+        for url in ("/jobs", f"/jobs/{job.id}", f"/jobs/rows?id={job.id}"):
+            page = (await client.get(url)).text
+            assert "<script>" not in page and "<img" not in page, url
+            assert "&lt;img src=x onerror=alert(1)&gt; broke" in page, url
+            assert "25%" in page, url
+        page = (await client.get(f"/jobs/{job.id}")).text
+        assert "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;&amp;&#34;.ply" in page
         assert f"/api/v1/jobs/{job.id}/files/%3Cscript%3Ealert%28%27x%27%29%3C%2Fscript%3E%26%22.ply" in page
-        assert "http-equiv='refresh'" in page and "g1" in page and "25%" in page
 
         api_job = (await client.get(f"/api/v1/jobs/{job.id}")).json()
         assert api_job["files"] == [f"/api/v1/jobs/{job.id}/files/%3Cscript%3Ealert%28%27x%27%29%3C%2Fscript%3E%26%22.ply"]

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hmac
 from typing import Annotated
+from urllib.parse import unquote, urlsplit
 
-from fastapi import Depends, Request
+from fastapi import Depends, HTTPException, Request
 
 from services.core.agents import AgentClient
 from services.core.store import Store
@@ -18,9 +20,30 @@ def get_agents(request: Request) -> AgentClient:
     return request.app.state.agents
 
 
+#: Cookie in which the dashboard keeps the token for the browser's writes.
+TOKEN_COOKIE = "cosma_token"
+
+
 async def require_token(request: Request) -> None:
-    """Writes need the cluster token; reads are public."""
+    """Writes need the cluster token (bearer header, or the dashboard's cookie); reads are public."""
+    cookie = request.cookies.get(TOKEN_COOKIE)
+    if cookie and "authorization" not in request.headers:
+        _check_cookie(request, unquote(cookie))
+        return
     await request.app.state.auth(request)
+
+
+def _check_cookie(request: Request, given: str) -> None:
+    origin = request.headers.get("origin")
+    if origin and urlsplit(origin).netloc != request.headers.get("host"):
+        # A page of another site posting with our cookie (SameSite=Strict is the first guard).
+        raise HTTPException(401, "the token cookie is only accepted from the dashboard's own pages")
+    state = request.app.state
+    if getattr(state, "cookie_token", None) is None:
+        state.cookie_token = state.settings.resolved_token().encode()
+    if not hmac.compare_digest(given.strip().encode(), state.cookie_token):
+        raise HTTPException(401, "wrong token in the dashboard cookie: enter the cluster token again",
+                            headers={"WWW-Authenticate": "Bearer"})
 
 
 StoreDep = Annotated[Store, Depends(get_store)]

@@ -1,77 +1,168 @@
-"""``GET /``: the job list as a plain server-rendered page (every value escaped)."""
+"""The dashboard: server-rendered pages (Jinja2, everything escaped) and their static files.
+
+``/`` overview, ``/jobs`` the job table, ``/jobs/{id}`` one job, ``/videos`` the catalog to
+submit from. The pages' JavaScript (``static/dashboard.js``) keeps them live from
+``/api/v1/events`` and re-fetches rows as HTML from ``/jobs/rows``, so rows are rendered in
+one place only. Writes go to the REST API with the token the page keeps in a cookie.
+"""
 
 from __future__ import annotations
 
-from html import escape
+from datetime import datetime, timezone
+from pathlib import Path as FsPath
+from posixpath import dirname
+from typing import Annotated
+from urllib.parse import urlencode
 
-from fastapi import APIRouter
-from fastapi.responses import HTMLResponse
+import jinja2
+from fastapi import APIRouter, Path, Query
+from fastapi.responses import FileResponse, HTMLResponse
+from starlette.concurrency import run_in_threadpool
 
-from services.core.api.deps import StoreDep
-from services.core.models import file_url
-from services.core.store import Job, Node
+from shared.errors import NotFound
+from shared.jobs import JobState
+from shared.qc import QC_NAME
 
-router = APIRouter(tags=["pages"])
+from services.core import catalog
+from services.core.api import dashboard
+from services.core.api.deps import TOKEN_COOKIE, AgentsDep, StoreDep
+from services.core.models import API_PREFIX, file_url, last_status
+from services.core.store import ACTIVE_STATES, Job, Store
 
-#: Jobs shown on the page, newest first.
-PAGE_JOBS = 200
-#: Seconds between the browser's reloads of the page.
-REFRESH_S = 5
+router = APIRouter(tags=["pages"], include_in_schema=False)
+router.include_router(dashboard.router, prefix=API_PREFIX, include_in_schema=True)
 
-_STYLE = """
-body { font: 14px system-ui, sans-serif; margin: 1.5em; }
-table { border-collapse: collapse; margin-bottom: 2em; }
-th, td { border-bottom: 1px solid #ddd; padding: .3em .7em; text-align: left; vertical-align: top; }
-.failed, .offline { color: #b00020; } .done, .online { color: #1b5e20; } .error { color: #b00020; }
-"""
+#: Jobs per page of the job table.
+PAGE_JOBS = 50
+#: Running jobs listed on the overview.
+OVERVIEW_RUNNING = 50
+
+_HERE = FsPath(__file__).resolve().parent.parent
+STATIC_DIR = _HERE / "static"
+_ENV = jinja2.Environment(loader=jinja2.FileSystemLoader(_HERE / "templates"), autoescape=True,
+                          undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
 
 
-@router.get("/", response_class=HTMLResponse, include_in_schema=False)
-def get_index(store: StoreDep) -> HTMLResponse:
-    jobs, count = store.list_jobs(limit=PAGE_JOBS)
+def _duration(start: datetime | None, end: datetime | None = None) -> str:
+    if start is None:
+        return ""
+    seconds = int(((end or datetime.now(timezone.utc)) - start).total_seconds())
+    if seconds < 60:
+        return f"{max(seconds, 0)} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+def _when(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S") if value else ""
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return ""
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+_ENV.filters.update(duration=_duration, when=_when, size=_size, pct=lambda v: f"{v:.0%}")
+_ENV.globals.update(file_url=file_url, qc_name=QC_NAME, states=[s.value for s in JobState], token_cookie=TOKEN_COOKIE,
+                    active=[s.value for s in ACTIVE_STATES])
+
+
+def _render(name: str, status_code: int = 200, **context) -> HTMLResponse:
+    return HTMLResponse(_ENV.get_template(name).render(**context), status_code=status_code,
+                        headers={"Cache-Control": "no-store"})
+
+
+def _job_rows(store: Store, jobs: list[Job]) -> list[dict]:
+    videos = store.videos_of(j.id for j in jobs)
+    return [{"job": j, "videos": videos[j.id], "files": set(j.files)} for j in jobs]
+
+
+# -- pages ---------------------------------------------------------------------------------
+
+@router.get("/", response_class=HTMLResponse)
+def get_overview(store: StoreDep) -> HTMLResponse:
     nodes = store.list_nodes()
-    body = (
-        f"<h1>COSMA QC</h1><h2>Jobs ({count})</h2>{_jobs_table(jobs)}"
-        f"<h2>Nodes ({len(nodes)})</h2>{_nodes_table(nodes)}"
-    )
-    return HTMLResponse(
-        "<!doctype html><html><head><meta charset='utf-8'>"
-        f"<meta http-equiv='refresh' content='{REFRESH_S}'><title>COSMA QC</title>"
-        f"<style>{_STYLE}</style></head><body>{body}</body></html>"
-    )
+    open_jobs = store.open_job_counts()
+    counts = {s.value: store.list_jobs(states=[s], limit=1)[1] for s in JobState}
+    running, _ = store.list_jobs(states=ACTIVE_STATES, limit=OVERVIEW_RUNNING)
+    shown = [{"node": n, "status": last_status(n), "open_jobs": open_jobs.get(n.name, 0)} for n in nodes]
+    return _render("overview.html", page="overview", nodes=shown, counts=counts,
+                   running=_job_rows(store, running), total=sum(counts.values()))
 
 
-def _cell(value: object, css: str = "") -> str:
-    text = "" if value is None else str(value)
-    return f"<td class='{escape(css)}'>{escape(text)}</td>" if css else f"<td>{escape(text)}</td>"
+@router.get("/jobs", response_class=HTMLResponse)
+def get_jobs(
+    store: StoreDep,
+    state: Annotated[list[JobState] | None, Query()] = None,
+    node: Annotated[str | None, Query(max_length=64)] = None,
+    q: Annotated[str | None, Query(max_length=200)] = None,
+    cursor: Annotated[int | None, Query(ge=1)] = None,
+) -> HTMLResponse:
+    node, q = node or None, q or None
+    jobs, count = store.list_jobs(states=state, node=node, text=q, before_id=cursor, limit=PAGE_JOBS)
+    filters = {"state": [s.value for s in state or []], "node": node or "", "q": q or ""}
+    next_url = None
+    if len(jobs) == PAGE_JOBS:
+        query = [("state", s) for s in filters["state"]] + [(k, filters[k]) for k in ("node", "q") if filters[k]]
+        next_url = "/jobs?" + urlencode(query + [("cursor", jobs[-1].id)])
+    # New jobs are added live only where they would be: the first page, unfiltered.
+    live_insert = cursor is None and not state and not node and not q
+    return _render("jobs.html", page="jobs", rows=_job_rows(store, jobs), count=count, filters=filters,
+                   next_url=next_url, first_page=cursor is None, live_insert=live_insert,
+                   nodes=[n.name for n in store.list_nodes()])
 
 
-def _jobs_table(jobs: list[Job]) -> str:
-    if not jobs:
-        return "<p>No jobs yet.</p>"
-    rows = []
-    for job in jobs:
-        links = " ".join(
-            f"<a href='{escape(file_url(job.id, name))}'>{escape(name)}</a>" for name in job.files
-        )
-        rows.append(
-            "<tr>" + _cell(job.id) + _cell(job.state.value, job.state.value) + _cell(job.stage)
-            + _cell(f"{job.progress:.0%}") + _cell(job.node) + _cell(job.attempt) + _cell(job.backend)
-            + _cell(job.error or job.message, "error" if job.error else "") + f"<td>{links}</td></tr>"
-        )
-    head = "".join(f"<th>{h}</th>" for h in
-                   ("job", "state", "stage", "progress", "node", "attempt", "backend", "message", "files"))
-    return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
+@router.get("/jobs/rows", response_class=HTMLResponse)
+def get_job_rows(store: StoreDep, id: Annotated[list[int], Query(max_length=500)]) -> HTMLResponse:
+    """Table rows of these jobs (for the page's live updates); unknown ids are left out."""
+    found = store.jobs_by_id(id)
+    jobs = [found[i] for i in sorted(found, reverse=True)]
+    return _render("job_rows.html", rows=_job_rows(store, jobs))
 
 
-def _nodes_table(nodes: list[Node]) -> str:
-    if not nodes:
-        return "<p>No nodes yet: add them with <code>POST /api/v1/nodes</code>.</p>"
-    rows = [
-        "<tr>" + _cell(n.name) + _cell(n.role.value) + _cell(n.url) + _cell(n.shown_state.value, n.shown_state.value)
-        + _cell(n.last_seen.isoformat(timespec="seconds") if n.last_seen else "never")
-        + _cell(n.last_error, "error") + "</tr>"
-        for n in nodes
-    ]
-    head = "".join(f"<th>{h}</th>" for h in ("node", "role", "url", "state", "last seen", "last error"))
-    return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
+@router.get("/jobs/{job_id}", response_class=HTMLResponse)
+async def get_job_page(job_id: Annotated[int, Path(ge=1, le=10_000_000)], store: StoreDep,
+                       agents: AgentsDep) -> HTMLResponse:
+    try:
+        job = await run_in_threadpool(store.get_job, job_id)
+    except NotFound:
+        return _render("missing.html", status_code=404, page="jobs", job_id=job_id)
+    videos = (await run_in_threadpool(store.videos_of, [job_id]))[job_id]
+    events = await run_in_threadpool(store.job_events, job_id)
+    qc = await dashboard.load_qc(store, agents, job)
+    viewer = await run_in_threadpool(dashboard.viewer_url, store, job)
+    files = set(job.files)
+    plots = [p for p in (qc.report.plots if qc.report else []) if p in files]
+    return _render("job.html", page="jobs", job=job, videos=videos, events=events, qc=qc, plots=plots,
+                   files=files, viewer_url=viewer)
+
+
+@router.get("/videos", response_class=HTMLResponse)
+async def get_videos(store: StoreDep, agents: AgentsDep) -> HTMLResponse:
+    found, errors = await catalog.catalogs(store, agents)
+    storages = []
+    for node in found:
+        folders: dict[str, list] = {}
+        for rec in node.recordings:
+            durations = [v.duration_s for v in rec.chapters]
+            folders.setdefault(dirname(rec.chapters[0].path) or ".", []).append({
+                "rec": rec, "duration_s": None if None in durations else sum(durations),
+                "size_bytes": sum(v.size_bytes for v in rec.chapters),
+                "unreadable": [v.path for v in rec.chapters if v.error],
+            })
+        storages.append({"name": node.node, "folders": sorted(folders.items())})
+    return _render("videos.html", page="videos", storages=storages, errors=sorted(errors.items()))
+
+
+@router.get("/static/{name}")
+def get_static(name: str) -> FileResponse:
+    """The dashboard's own CSS and JavaScript (no CDN: the LAN may be offline)."""
+    if name not in {p.name for p in STATIC_DIR.iterdir() if p.is_file()}:
+        raise NotFound(f"no static file {name!r}")
+    return FileResponse(STATIC_DIR / name, headers={"Cache-Control": "no-cache"})

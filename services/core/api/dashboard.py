@@ -1,0 +1,148 @@
+"""What the dashboard needs from the agents beyond the REST API: the job's QC report, its GLB
+through the core, and its 3D viewer (started on the gpu agent, opened on the agent's host)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Annotated
+from urllib.parse import urlsplit
+
+import httpx
+from fastapi import APIRouter, Path, Query
+from fastapi.responses import StreamingResponse
+from pydantic import ValidationError
+from starlette.background import BackgroundTask
+from starlette.concurrency import run_in_threadpool
+
+from shared.errors import ApiError, NotFound
+from shared.gpu import ViewerInfo
+from shared.qc import QC_NAME, QcReport
+
+from services.core.agents import AgentClient, AgentError
+from services.core.api.deps import AgentsDep, StoreDep, TokenRequired
+from services.core.models import ERROR_RESPONSES, last_status
+from services.core.store import Job, Store
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/jobs", tags=["jobs"], responses=ERROR_RESPONSES)
+
+JobId = Annotated[int, Path(ge=1, le=10_000_000)]
+
+#: The gpu agent's default viewer_base_port: job N's viewer listens on this + N.
+VIEWER_BASE_PORT = 8100
+#: qc.json larger than this is not shown (a real one is a few kB).
+QC_MAX_BYTES = 4_000_000
+_GLB_HEADERS = ("content-type", "content-length", "content-disposition", "etag", "last-modified")
+
+
+@dataclass
+class QcView:
+    """The job's QC report for the page, or why there is none."""
+
+    report: QcReport | None = None
+    problem: str | None = None
+
+
+async def load_qc(store: Store, agents: AgentClient, job: Job) -> QcView:
+    """Read ``qc.json`` from the job's gpu node (through the same path as the file proxy)."""
+    if QC_NAME not in job.files or job.node is None:
+        return QcView()
+    try:
+        node = await run_in_threadpool(store.get_node, job.node)
+        upstream = await agents.open_file(node.url, job.id, QC_NAME)
+    except (AgentError, NotFound) as exc:
+        return QcView(problem=f"qc.json could not be read from {job.node}: {getattr(exc, 'message', exc)}")
+    try:
+        body = b""
+        async for chunk in upstream.aiter_raw():
+            body += chunk
+            if len(body) > QC_MAX_BYTES:
+                return QcView(problem=f"qc.json is larger than {QC_MAX_BYTES} bytes; download it instead")
+    except httpx.HTTPError as exc:
+        return QcView(problem=f"qc.json could not be read from {job.node}: {exc}")
+    finally:
+        await upstream.aclose()
+    try:
+        return QcView(report=QcReport.model_validate(json.loads(body)))
+    except (ValueError, ValidationError) as exc:
+        return QcView(problem=f"qc.json is not a report this core understands: {str(exc)[:300]}")
+
+
+def viewer_url(store: Store, job: Job) -> str | None:
+    """Where job N's viewer is (or would be) on its gpu node: the running one's real port if
+    the node reported it, else ``VIEWER_BASE_PORT + N``."""
+    if job.node is None:
+        return None
+    try:
+        node = store.get_node(job.node)
+    except NotFound:
+        return None
+    status = last_status(node)
+    port = next((v.port for v in status.viewers if v.job_id == job.id), None) if status else None
+    host = urlsplit(node.url).hostname or ""
+    host = f"[{host}]" if ":" in host else host
+    return f"http://{host}:{port or VIEWER_BASE_PORT + job.id}/"
+
+
+@router.get("/{job_id}/reconstruction.glb", response_class=StreamingResponse, responses={200: {
+    "description": "glTF 2.0 binary built by the gpu node (cached there)",
+    "content": {"model/gltf-binary": {}}}})
+async def get_job_glb(
+    job_id: JobId, store: StoreDep, agents: AgentsDep,
+    safe: Annotated[bool, Query(description="light variant with fewer points")] = False,
+) -> StreamingResponse:
+    """The job's reconstruction as GLB, built on demand by its gpu node and streamed through the core."""
+    node_url = await _node_url(store, job_id)
+    url = f"{node_url}/jobs/{job_id}/reconstruction.glb"
+    request = agents.client.build_request("GET", url, params={"safe": "true"} if safe else None,
+                                          timeout=max(agents.request_timeout_s, 300.0))
+    upstream = await _send(agents, request)
+    headers = {k: v for k, v in upstream.headers.items() if k.lower() in _GLB_HEADERS}
+    return StreamingResponse(upstream.aiter_raw(), headers=headers, background=BackgroundTask(upstream.aclose))
+
+
+@router.post("/{job_id}/viewer", dependencies=[TokenRequired])
+async def start_job_viewer(job_id: JobId, store: StoreDep, agents: AgentsDep) -> dict:
+    """Start the job's 3D viewer on its gpu node; answers its URL on the node's host."""
+    node_url = await _node_url(store, job_id)
+    request = agents.client.build_request("POST", f"{node_url}/jobs/{job_id}/viewer")
+    response = await _send(agents, request)
+    try:
+        info = ViewerInfo.model_validate_json(await response.aread())
+    except ValidationError:
+        raise ApiError("the gpu node answered a viewer this core does not understand", code="agent_error",
+                       status_code=502) from None
+    finally:
+        await response.aclose()
+    host = urlsplit(node_url).hostname or ""
+    host = f"[{host}]" if ":" in host else host
+    return {"job_id": job_id, "port": info.port, "url": f"http://{host}:{info.port}/"}
+
+
+async def _node_url(store: Store, job_id: int) -> str:
+    job = await run_in_threadpool(store.get_job, job_id)
+    if job.node is None:
+        raise NotFound(f"job {job_id} is not placed on a gpu node")
+    return (await run_in_threadpool(store.get_node, job.node)).url
+
+
+async def _send(agents: AgentClient, request: httpx.Request) -> httpx.Response:
+    try:
+        response = await agents.client.send(request, stream=True)
+    except httpx.TransportError as exc:
+        raise ApiError(f"the gpu node is unreachable: {exc or type(exc).__name__}; is its agent running?",
+                       code="agent_unreachable", status_code=503) from None
+    if response.is_error:
+        await response.aread()
+        await response.aclose()
+        try:
+            message = str(response.json()["error"]["message"])
+        except (ValueError, KeyError, TypeError):
+            message = response.text[:200] or response.reason_phrase
+        if response.status_code == 404:
+            raise NotFound(f"the gpu node does not have it: {message}")
+        raise ApiError(f"the gpu node failed: {message}", code="agent_error", status_code=502)
+    return response

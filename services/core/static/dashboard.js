@@ -1,0 +1,291 @@
+// COSMA QC dashboard: live updates and actions. No dependencies; served by the core.
+// Data is never put into the page as HTML here: rows and sections come rendered (and
+// escaped) by the core's templates, text from the JSON API goes in through textContent.
+(function () {
+  "use strict";
+  var body = document.body;
+  var COOKIE = body.dataset.tokenCookie || "cosma_token";
+  var ACTIVE = ["queued", "assigned", "extracting", "reconstructing"];
+  var POLL_MS = 2000;
+  var pending = null;
+
+  var form = document.getElementById("token-form");
+  var input = document.getElementById("token-input");
+  var noticeEl = document.getElementById("notice");
+
+  function notice(text, isError) {
+    noticeEl.textContent = text;
+    noticeEl.className = isError ? "error" : "";
+    noticeEl.hidden = !text;
+  }
+
+  function setToken(token) {
+    document.cookie = COOKIE + "=" + encodeURIComponent(token) + "; path=/; max-age=2592000; SameSite=Strict";
+  }
+
+  function askToken(retry) {
+    pending = retry;
+    form.hidden = false;
+    input.focus();
+    notice("This needs the cluster token: enter it above (asked once, kept in a cookie).", false);
+  }
+
+  form.addEventListener("submit", function (ev) {
+    ev.preventDefault();
+    setToken(input.value.trim());
+    input.value = "";
+    form.hidden = true;
+    notice("", false);
+    var retry = pending;
+    pending = null;
+    if (retry) retry();
+  });
+  document.getElementById("token-forget").addEventListener("click", function () {
+    document.cookie = COOKIE + "=; path=/; max-age=0; SameSite=Strict";
+    form.hidden = true;
+    notice("Token forgotten.", false);
+  });
+  document.getElementById("token-button").addEventListener("click", function () {
+    form.hidden = !form.hidden;
+    if (!form.hidden) input.focus();
+  });
+
+  // A write to the REST API with the cookie; on 401 ask for the token, then try again.
+  function write(method, url, payload) {
+    var opts = { method: method, credentials: "same-origin", headers: {} };
+    if (payload !== undefined) {
+      opts.headers["Content-Type"] = "application/json";
+      opts.body = JSON.stringify(payload);
+    }
+    return fetch(url, opts).then(function (resp) {
+      if (resp.status === 401) {
+        return new Promise(function (resolve, reject) {
+          askToken(function () { write(method, url, payload).then(resolve, reject); });
+        });
+      }
+      if (resp.status === 204) return null;
+      return resp.json().catch(function () { return null; }).then(function (data) {
+        if (!resp.ok) {
+          var msg = data && data.error ? data.error.message : resp.status + " " + resp.statusText;
+          throw new Error(msg);
+        }
+        return data;
+      });
+    });
+  }
+
+  function parseHtml(html) {
+    return new DOMParser().parseFromString(html, "text/html");
+  }
+
+  // -- job rows (jobs page) --------------------------------------------------------------
+  var table = document.getElementById("jobs");
+  var countEl = document.getElementById("job-count");
+
+  function bumpCount(delta) {
+    if (!countEl) return;
+    var n = parseInt(countEl.textContent.replace(/[()]/g, ""), 10);
+    if (!isNaN(n)) countEl.textContent = "(" + Math.max(0, n + delta) + ")";
+  }
+
+  function insertRow(tbody, row) {
+    var id = parseInt(row.dataset.job, 10);
+    var rows = tbody.querySelectorAll("tr[data-job]");
+    for (var i = 0; i < rows.length; i++) {
+      if (parseInt(rows[i].dataset.job, 10) < id) { tbody.insertBefore(row, rows[i]); return; }
+    }
+    tbody.appendChild(row);
+  }
+
+  function refreshRows(ids, insert) {
+    if (!ids.length || !table) return Promise.resolve();
+    var query = ids.map(function (i) { return "id=" + encodeURIComponent(i); }).join("&");
+    return fetch("/jobs/rows?" + query).then(function (r) { return r.text(); }).then(function (html) {
+      var doc = parseHtml("<table><tbody>" + html + "</tbody></table>");
+      var tbody = table.tBodies[0];
+      var seen = {};
+      Array.prototype.forEach.call(doc.querySelectorAll("tr[data-job]"), function (row) {
+        seen[row.dataset.job] = true;
+        var old = document.getElementById(row.id);
+        if (old) old.replaceWith(document.importNode(row, true));
+        else if (insert) {
+          insertRow(tbody, document.importNode(row, true));
+          bumpCount(1);
+          var none = document.getElementById("no-jobs");
+          if (none) none.remove();
+        }
+      });
+      ids.forEach(function (id) {
+        var old = document.getElementById("job-" + id);
+        if (!seen[String(id)] && old) { old.remove(); bumpCount(-1); }
+      });
+    }).catch(function () { /* the next event or poll tries again */ });
+  }
+
+  function activeRowIds() {
+    if (!table) return [];
+    return Array.prototype.filter.call(table.querySelectorAll("tr[data-job]"), function (row) {
+      return ACTIVE.indexOf(row.dataset.state) >= 0;
+    }).map(function (row) { return row.dataset.job; });
+  }
+
+  // -- events ----------------------------------------------------------------------------
+  function listen(onEvent) {
+    if (!window.EventSource) return;
+    var source = new EventSource("/api/v1/events");
+    ["job", "node"].forEach(function (kind) {
+      source.addEventListener(kind, function (ev) {
+        var data;
+        try { data = JSON.parse(ev.data); } catch (err) { return; }
+        onEvent(data);
+      });
+    });
+  }
+
+  function debounce(fn, ms) {
+    var timer = null;
+    return function () {
+      if (timer) return;
+      timer = setTimeout(function () { timer = null; fn(); }, ms);
+    };
+  }
+
+  // -- pages -----------------------------------------------------------------------------
+  function jobsPage() {
+    var liveInsert = table.dataset.liveInsert === "true";
+    var changed = {};
+    var flush = debounce(function () {
+      var ids = Object.keys(changed);
+      changed = {};
+      refreshRows(ids, liveInsert);
+    }, 150);
+    listen(function (ev) {
+      if (ev.kind === "job" && ev.job_id) { changed[ev.job_id] = true; flush(); }
+    });
+    setInterval(function () {
+      if (!document.hidden) refreshRows(activeRowIds(), false);
+    }, POLL_MS);
+  }
+
+  function jobPage() {
+    var box = document.getElementById("job");
+    var id = box.dataset.job;
+    function check() {
+      fetch("/api/v1/jobs/" + id).then(function (r) {
+        if (r.status === 404) { location.href = "/jobs"; return null; }
+        return r.json();
+      }).then(function (job) {
+        if (!job) return;
+        if (job.state !== box.dataset.state || job.stage !== box.dataset.stage) { location.reload(); return; }
+        var bar = document.querySelector("#job-progress .bar > span");
+        var pct = document.querySelector("#job-progress .pct");
+        if (bar) bar.style.width = (job.progress * 100).toFixed(1) + "%";
+        if (pct) pct.textContent = Math.round(job.progress * 100) + "%";
+        document.getElementById("job-message").textContent = job.error || job.message;
+      }).catch(function () {});
+    }
+    listen(function (ev) { if (String(ev.job_id) === id) check(); });
+    setInterval(function () {
+      if (!document.hidden && ACTIVE.indexOf(box.dataset.state) >= 0) check();
+    }, POLL_MS);
+  }
+
+  function overviewPage() {
+    var refresh = debounce(function () {
+      fetch("/").then(function (r) { return r.text(); }).then(function (html) {
+        var fresh = parseHtml(html).getElementById("overview");
+        var old = document.getElementById("overview");
+        if (fresh && old) old.replaceWith(document.importNode(fresh, true));
+      }).catch(function () {});
+    }, 300);
+    listen(refresh);
+    setInterval(function () { if (!document.hidden) refresh(); }, 5000);
+  }
+
+  function videosPage() {
+    var submitForm = document.getElementById("submit-form");
+    var out = document.getElementById("submitted");
+    function picked() { return submitForm.querySelectorAll("input.pick:checked"); }
+    function count() { document.getElementById("selected-count").textContent = String(picked().length); }
+    submitForm.addEventListener("change", function (ev) {
+      if (ev.target.classList.contains("select-all")) {
+        var boxes = ev.target.closest("table").querySelectorAll("input.pick:not([disabled])");
+        Array.prototype.forEach.call(boxes, function (b) { b.checked = ev.target.checked; });
+      }
+      count();
+    });
+    function num(name) {
+      var v = submitForm.elements[name].value.trim();
+      return v === "" ? null : Number(v);
+    }
+    function report(text, href, isError) {
+      var li = document.createElement("li");
+      if (href) {
+        var a = document.createElement("a");
+        a.href = href;
+        a.textContent = text;
+        li.appendChild(a);
+      } else li.textContent = text;
+      if (isError) li.className = "error";
+      out.appendChild(li);
+    }
+    submitForm.addEventListener("submit", function (ev) {
+      ev.preventDefault();
+      var boxes = Array.prototype.slice.call(picked());
+      if (!boxes.length) { notice("Select one or more recordings first.", true); return; }
+      var params = { fps: num("fps"), width: num("width"), max_frames: num("max_frames"),
+                     backend: submitForm.elements.backend.value, priority: num("priority") || 0,
+                     cpu_fallback: submitForm.elements.cpu_fallback.checked };
+      var chain = Promise.resolve();
+      boxes.forEach(function (box) {
+        var ref = { storage: box.dataset.storage, id: box.dataset.recording };
+        chain = chain.then(function () {
+          return write("POST", "/api/v1/jobs", Object.assign({ recording: ref }, params)).then(function (job) {
+            box.checked = false;
+            report("job " + job.id + ": " + ref.id + " (" + job.state + ")", "/jobs/" + job.id, false);
+          }, function (err) {
+            report(ref.id + ": " + err.message, null, true);
+          });
+        });
+      });
+      chain.then(count);
+    });
+    count();
+  }
+
+  // -- actions ---------------------------------------------------------------------------
+  document.addEventListener("click", function (ev) {
+    var button = ev.target.closest("button[data-action]");
+    if (!button) return;
+    var id = button.dataset.job;
+    var action = button.dataset.action;
+    var onJobPage = !!document.getElementById("job");
+    var done;
+    if (action === "delete") {
+      if (!window.confirm("Delete job " + id + " and its files on the gpu node?")) return;
+      done = write("DELETE", "/api/v1/jobs/" + id).then(function () {
+        if (onJobPage) location.href = "/jobs"; else refreshRows([id], false);
+      });
+    } else if (action === "viewer") {
+      done = write("POST", "/api/v1/jobs/" + id + "/viewer").then(function (info) {
+        var link = document.getElementById("viewer-link");
+        if (link) { link.href = info.url; link.textContent = info.url; }
+        window.open(info.url, "_blank", "noopener");
+      });
+    } else {
+      done = write("POST", "/api/v1/jobs/" + id + "/" + action).then(function (job) {
+        notice("Job " + id + ": " + job.state + ".", false);
+        if (onJobPage) location.reload(); else refreshRows([id], false);
+      });
+    }
+    button.disabled = true;
+    done.catch(function (err) { notice("Job " + id + ": " + err.message, true); })
+      .then(function () { button.disabled = false; });
+  });
+
+  var page = body.dataset.page;
+  if (page === "jobs" && table) jobsPage();
+  else if (page === "jobs" && document.getElementById("job")) jobPage();
+  else if (page === "overview") overviewPage();
+  else if (page === "videos") videosPage();
+})();

@@ -50,3 +50,25 @@ class StitchState(WireModel):
     message: str = ""
     error: str | None = Field(None, description="why the stitch failed, in words a person can act on")
     report: StitchReport | None = None
+
+
+class StitchCreate(WireModel):
+    """``POST /api/v1/stitches`` on the core: finished jobs to merge; the first is the reference."""
+
+    jobs: Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=2, max_length=16)]
+    frames_per_job: Annotated[int, Field(ge=4, le=500)] = 20
+
+
+class StitchPublic(WireModel):
+    """A stitch as the core shows it; ``report`` once the agent has made it."""
+
+    id: int
+    state: str
+    node: str | None
+    job_ids: list[int]
+    message: str = ""
+    error: str | None = None
+    files: list[str] = Field(default_factory=list)
+    report: StitchReport | None = None
+    created_at: datetime
+    updated_at: datetime

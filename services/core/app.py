@@ -13,6 +13,7 @@ from shared.service import make_app
 
 from services.core.agents import AgentClient
 from services.core.api import catalog, events, jobs, nodes, pages
+from services.core.api import stitches as stitches_api
 from services.core.config import CoreSettings
 from services.core.metrics import install_core_metrics
 from services.core.models import API_PREFIX
@@ -63,5 +64,6 @@ def create_app(settings: CoreSettings) -> FastAPI:
     app.include_router(nodes.router, prefix=API_PREFIX)
     app.include_router(catalog.router, prefix=API_PREFIX)
     app.include_router(events.router, prefix=API_PREFIX)
+    app.include_router(stitches_api.router, prefix=API_PREFIX)
     app.include_router(pages.router)
     return app

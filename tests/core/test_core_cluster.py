@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 
 import pytest
+from shared.vram import estimate_vram_mib
 from core_db import db, pg_cluster, pytest_generate_tests  # noqa: F401
 
 from core_fakes import (AUTH, FakeClock, FakeGpuAgent, FakeStorageAgent, add_node, anyio_backend,  # noqa: F401
@@ -53,12 +54,13 @@ async def history(client, job_id: int) -> list[dict]:
 
 async def test_a_job_that_fits_only_the_24gb_card_goes_there(tmp_path, fakes, storage):
     big = fakes(FakeGpuAgent("gpu-84", gpus_free_mib=[23500], backends=("lingbot",)))
-    small = fakes(FakeGpuAgent("gpu-87", gpus_free_mib=[11500], backends=("lingbot",)))
+    # The 3060 with another process holding 5 GB: under the smallest LingBot-Map tier (≈ 7.2 GB).
+    small = fakes(FakeGpuAgent("gpu-87", gpus_free_mib=[6500], backends=("lingbot",)))
     async with running_core(core_settings(tmp_path)) as (app, client):
         await add_node(client, "gpu-84", "gpu", big.url)
         await add_node(client, "gpu-87", "gpu", small.url)
         await add_node(client, "st", "storage", storage.url)
-        large = await submit(client, backend="lingbot", width=700)  # ≈ 15.5 GB: only the 3090 fits
+        large = await submit(client, backend="lingbot", width=518)  # only the 3090 has room
         await app.state.scheduler.tick()
         job = await job_of(client, large["id"])
         assert (job["node"], job["gpu_index"], job["state"]) == ("gpu-84", 0, "assigned")
@@ -67,11 +69,13 @@ async def test_a_job_that_fits_only_the_24gb_card_goes_there(tmp_path, fakes, st
 
 async def test_two_jobs_never_overcommit_one_gpu(tmp_path, fakes, storage):
     # Two jobs per GPU allowed, but its memory holds only one of them at a time.
-    gpu = fakes(FakeGpuAgent("g", gpus_free_mib=[16000], backends=("lingbot",)))
+    need = estimate_vram_mib("lingbot", None, 518)
+    free = need * 3 // 2  # room for one job, not two
+    gpu = fakes(FakeGpuAgent("g", gpus_free_mib=[free], backends=("lingbot",)))
     async with running_core(core_settings(tmp_path, jobs_per_gpu=2)) as (app, client):
         await add_node(client, "g", "gpu", gpu.url)
         await add_node(client, "st", "storage", storage.url)
-        first = await submit(client, backend="lingbot", width=518)  # ≈ 10.3 GB each
+        first = await submit(client, backend="lingbot", width=518)
         second = await submit(client, backend="lingbot", width=518)
         for _ in range(3):
             await app.state.scheduler.tick()
@@ -82,12 +86,12 @@ async def test_two_jobs_never_overcommit_one_gpu(tmp_path, fakes, storage):
 
         # Loaded on the GPU, the first job's memory is in the reported figure: still no room.
         gpu.report(first["id"], JobState.reconstructing, "reconstructing", 0.1)
-        gpu.gpus_free_mib = [16000 - 10336]
+        gpu.gpus_free_mib = [free - need]
         await app.state.scheduler.tick()
         assert (await job_of(client, second["id"]))["state"] == "queued"
 
         gpu.report(first["id"], JobState.done, "done", 1.0)
-        gpu.gpus_free_mib = [16000]
+        gpu.gpus_free_mib = [free]
         await app.state.scheduler.tick()  # sees the first done, places the second
         assert (await job_of(client, second["id"]))["node"] == "g"
 

@@ -5,15 +5,17 @@ from __future__ import annotations
 import contextlib
 import logging
 
-from fastapi import Depends, FastAPI
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse
 
 from shared.auth import BearerAuth
+from shared.errors import error_response
 from shared.service import make_app
 from services.storage_agent.api import status, videos
 from services.storage_agent.api.deps import StorageAgent
 from services.storage_agent.catalog import Catalog
 from services.storage_agent.config import StorageSettings
-from services.storage_agent.frames import Extractor
+from services.storage_agent.frames import Busy, Extractor
 from services.storage_agent.metrics import install_storage_metrics
 from services.storage_agent.paths import StorageRoots
 from services.storage_agent.probecache import ProbeCache
@@ -34,7 +36,8 @@ def create_app(settings: StorageSettings) -> FastAPI:
         catalog=Catalog(roots, probe_timeout_s=settings.probe_timeout_s,
                         probe_concurrency=settings.probe_concurrency, cache=ProbeCache(settings.state_dir)),
         extractor=Extractor(max_concurrent=settings.max_concurrent_extractions,
-                            wait_s=settings.extraction_wait_s, stall_timeout_s=settings.stall_timeout_s),
+                            wait_s=settings.extraction_wait_s, stall_timeout_s=settings.stall_timeout_s,
+                            max_queued=settings.max_queued_extractions),
         thumbnailer=Thumbnailer(concurrency=settings.probe_concurrency, timeout_s=settings.probe_timeout_s),
     )
 
@@ -49,6 +52,12 @@ def create_app(settings: StorageSettings) -> FastAPI:
 
     app = make_app(title="COSMA QC storage agent", role="storage", node_id=settings.node_id, lifespan=lifespan)
     app.state.agent = agent
+
+    @app.exception_handler(Busy)
+    async def _busy(_: Request, exc: Busy) -> JSONResponse:
+        return error_response(exc.status_code, exc.code, exc.message,
+                              headers={"Retry-After": str(exc.retry_after_s)})
+
     install_storage_metrics(app.state.metrics, agent)
     for router in (videos.router, status.router):
         app.include_router(router, dependencies=[Depends(auth)])

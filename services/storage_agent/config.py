@@ -26,9 +26,12 @@ class StorageSettings(ServiceSettings):
     max_concurrent_extractions: int = Field(
         2, ge=1, le=64, description="ffmpeg frame extractions run at once; more requests wait"
     )
+    max_queued_extractions: int = Field(
+        8, ge=0, le=1000, description="frames requests that may wait for a slot; more get 503 at once"
+    )
     extraction_wait_s: float = Field(
         30.0, ge=0, le=3600,
-        description="seconds a frames request waits for a free extraction slot before a 503",
+        description="seconds a queued frames request waits for a free extraction slot before a 503",
     )
     stall_timeout_s: float = Field(
         120.0, gt=0, le=3600,

@@ -48,9 +48,9 @@ def input_args(file: Path) -> list[str]:
     return ["-protocol_whitelist", "file", "-f", "mov", "-i", f"file:{file}"]
 
 
-async def start(argv: Sequence[str]) -> Supervised:
+async def start(argv: Sequence[str], *, process_class: type[Supervised] = Supervised) -> Supervised:
     try:
-        return await Supervised.start(argv)
+        return await process_class.start(argv)
     except FileNotFoundError:
         raise ToolMissing(f"{argv[0]} is not installed on this storage node (install Debian's ffmpeg package)") from None
 

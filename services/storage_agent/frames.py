@@ -2,16 +2,26 @@
 
 :func:`plan_extraction` turns :class:`~shared.videos.FrameParams` and the file's ffprobe
 facts into an ffmpeg command; an :class:`Extraction` runs it and yields tar bytes frame by
-frame; the :class:`Extractor` caps how many run at once and stops them all on shutdown.
-Back-pressure is end to end: a slow client stops the reads, the pipe fills, ffmpeg waits.
+frame; the :class:`Extractor` caps how many run at once, queues a few more, and stops them
+all on shutdown. Back-pressure is end to end: a slow client stops the reads, the pipe
+fills, ffmpeg waits.
+
+Past the limit a request waits in a short FIFO queue (its position is in ``GET /status``)
+for up to ``extraction_wait_s``; a full queue or a wait that runs out gets 503 with
+``Retry-After``. Waiting covers the usual case (a gpu agent pulls its videos one after the
+other, another job's video ends soon); holding connections for long would only hide the
+load from the core and tie up the client's read timeout, and the gpu agent retries 503s
+with backoff anyway.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import math
 import threading
+import time
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -21,8 +31,9 @@ import anyio
 
 from shared.errors import BadRequest, Unavailable
 from shared.procs import Supervised
-from shared.videos import FrameParams, StreamEnd
+from shared.videos import ExtractionStatus, FrameParams, StreamEnd
 from services.storage_agent import fftools
+from services.storage_agent.showinfo import LOGLEVEL as SHOWINFO_LOGLEVEL, ShowinfoProcess
 from services.storage_agent.jpeg import JpegSplitter, JpegStreamError
 from services.storage_agent.paths import ResolvedVideo
 from services.storage_agent.probe import VideoFacts
@@ -37,8 +48,19 @@ READ_CHUNK_BYTES = 256 * 1024
 _MAX_DENOMINATOR = 1_000_000
 
 
+#: Bounds of the Retry-After a busy answer suggests, in seconds.
+RETRY_AFTER_MIN_S = 2
+RETRY_AFTER_MAX_S = 120
+#: Retry-After when no running extraction gives an estimate yet.
+RETRY_AFTER_DEFAULT_S = 10
+
+
 class Busy(Unavailable):
     code = "busy"
+
+    def __init__(self, message: str, *, retry_after_s: int):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 @dataclass(frozen=True)
@@ -52,7 +74,11 @@ class ExtractionPlan:
     max_frames: int | None
     quality: int
     expected_frames: int | None
-    """What a healthy file yields, when its duration is known."""
+    """What a healthy file yields, when its duration is known (and not in keyframes mode)."""
+    window_s: float | None = None
+    """Seconds of video the extraction covers, when known."""
+    keyframes: bool = False
+    """Decode key frames only (``-skip_frame nokey``), thinned to ``rate``; times from showinfo."""
 
     def timestamp(self, index: int) -> float:
         """Seconds into the video of the frame at ``index`` (from 0) of the output."""
@@ -61,14 +87,25 @@ class ExtractionPlan:
     def argv(self, file: Path) -> list[str]:
         seek = ["-ss", f"{self.start_s:.6f}"] if self.start_s > 0 else []
         limit = ["-t", f"{self.limit_s:.6f}"] if self.limit_s is not None else []
-        filters = [f"fps=fps={self.rate.numerator}/{self.rate.denominator}"]
+        if self.keyframes:
+            # Keep a key frame only if it is at least 1/rate after the last one kept: the fps
+            # filter would instead repeat frames to fill the gaps between key frames.
+            interval_s = float(1 / self.rate)
+            filters = [f"select=isnan(prev_selected_t)+gte(t-prev_selected_t\\,{interval_s:.6f})", "showinfo"]
+        else:
+            filters = [f"fps=fps={self.rate.numerator}/{self.rate.denominator}"]
         if self.width is not None:
             filters.append(f"scale={self.width}:-2")  # -2: even height, as encoders need
         cap = ["-frames:v", str(self.max_frames)] if self.max_frames is not None else []
+        if self.keyframes:
+            logging_ = ["-loglevel", SHOWINFO_LOGLEVEL, "-nostats"]
+            decode, sync = ["-skip_frame", "nokey"], ["-fps_mode", "passthrough"]
+        else:
+            logging_, decode, sync = ["-loglevel", "error"], [], []
         return [
-            fftools.FFMPEG, "-nostdin", "-hide_banner", "-loglevel", "error",
-            *seek, *limit, *fftools.input_args(file),
-            "-map", "0:v:0", "-vf", ",".join(filters), *cap,
+            fftools.FFMPEG, "-nostdin", "-hide_banner", *logging_,
+            *seek, *limit, *decode, *fftools.input_args(file),
+            "-map", "0:v:0", "-vf", ",".join(filters), *sync, *cap,
             "-f", "image2pipe", "-c:v", "mjpeg", "-q:v", str(self.quality), "-",
         ]
 
@@ -87,7 +124,7 @@ def plan_extraction(params: FrameParams, facts: VideoFacts) -> ExtractionPlan:
         # Spread the cap over the whole window rather than taking the first max_frames.
         rate = min(rate, Fraction(params.max_frames) / _fraction(window)).limit_denominator(_MAX_DENOMINATOR)
     expected = None
-    if window is not None:
+    if window is not None and not params.keyframes:
         # ffmpeg's fps filter rounds to the nearest frame: floor(x + 0.5) output frames.
         expected = math.floor(rate * _fraction(window) + Fraction(1, 2))
         if params.max_frames is not None:
@@ -96,6 +133,7 @@ def plan_extraction(params: FrameParams, facts: VideoFacts) -> ExtractionPlan:
     return ExtractionPlan(
         start_s=params.start_s, limit_s=limit, rate=rate, width=params.width,
         max_frames=params.max_frames, quality=params.quality, expected_frames=expected,
+        window_s=window, keyframes=params.keyframes,
     )
 
 
@@ -113,6 +151,8 @@ class Extraction:
         self.proc = proc
         self.frames = 0
         self.bytes = 0  # tar bytes of the frame members sent so far
+        self.last_t_s: float | None = None
+        self.started_at = time.monotonic()
         self._stall_timeout_s = stall_timeout_s
         self._on_close = on_close
         self._closed = False
@@ -130,10 +170,17 @@ class Extraction:
                     error = f"ffmpeg's output for {self.video.path!r} is not a JPEG stream: {exc}"
                     break
                 for jpeg in jpegs:
+                    t_s = await self._timestamp(self.frames)
+                    if t_s is None:
+                        error = f"ffmpeg did not log the time of frame {self.frames + 1} of {self.video.path!r}"
+                        break
                     self.frames += 1
-                    member = frame_member(self.frames, self.plan.timestamp(self.frames - 1), jpeg)
+                    self.last_t_s = t_s
+                    member = frame_member(self.frames, t_s, jpeg)
                     self.bytes += len(member)
                     yield member
+                if error is not None:
+                    break
             if error is None:
                 error = await self._outcome(splitter.pending)
             if error is not None:
@@ -141,6 +188,33 @@ class Extraction:
             yield end_members(StreamEnd(ok=error is None, frames=self.frames, error=error))
         finally:
             await self.close()
+
+    async def _timestamp(self, index: int) -> float | None:
+        if not isinstance(self.proc, ShowinfoProcess):
+            return self.plan.timestamp(index)
+        try:
+            t = await self.proc.frame_time(index, timeout_s=self._stall_timeout_s)
+        except asyncio.TimeoutError:
+            return None
+        return None if t is None or math.isnan(t) else round(self.plan.start_s + t, 6)
+
+    @property
+    def progress(self) -> float | None:
+        """Share of the work done: frames of those expected, else time covered of the window."""
+        if self.plan.expected_frames:
+            return min(1.0, self.frames / self.plan.expected_frames)
+        if self.plan.window_s:
+            covered = 0.0 if self.last_t_s is None else self.last_t_s - self.plan.start_s
+            return max(0.0, min(1.0, covered / self.plan.window_s))
+        return None
+
+    def status(self) -> ExtractionStatus:
+        progress = self.progress
+        return ExtractionStatus(
+            path=self.video.path, state="running", keyframes=self.plan.keyframes, frames=self.frames,
+            expected_frames=self.plan.expected_frames, progress=None if progress is None else round(progress, 4),
+            elapsed_s=round(time.monotonic() - self.started_at, 3),
+        )
 
     async def _read(self) -> bytes:
         """The next bytes from ffmpeg; empty at its end, or when it stalled."""
@@ -179,37 +253,80 @@ class Extraction:
             self._on_close(self)
 
 
-class Extractor:
-    """At most ``max_concurrent`` extractions at once; later requests wait ``wait_s``, then 503."""
+@dataclass(eq=False)
+class _Waiting:
+    path: str
+    keyframes: bool
+    since: float
 
-    def __init__(self, *, max_concurrent: int, wait_s: float, stall_timeout_s: float):
+
+class Extractor:
+    """At most ``max_concurrent`` extractions at once; up to ``max_queued`` more wait ``wait_s``
+    in arrival order, then get :class:`Busy` (503 with ``Retry-After``)."""
+
+    def __init__(self, *, max_concurrent: int, wait_s: float, stall_timeout_s: float, max_queued: int = 8):
         self.max_concurrent = max_concurrent
+        self.max_queued = max_queued
         self.running: set[Extraction] = set()
+        self.waiting: collections.deque[_Waiting] = collections.deque()
         #: Frames and tar bytes of ended extractions; with ``running`` they make :meth:`totals`.
         self.frames_done = 0
         self.bytes_done = 0
         self._totals_lock = threading.Lock()  # /metrics reads totals from a worker thread
-        self._slots = asyncio.Semaphore(max_concurrent)
+        self._slots = asyncio.Semaphore(max_concurrent)  # FIFO for waiters since Python 3.11
         self._wait_s = wait_s
         self._stall_timeout_s = stall_timeout_s
 
     async def start(self, video: ResolvedVideo, plan: ExtractionPlan) -> Extraction:
-        acquired = False
-        with anyio.move_on_after(self._wait_s):
-            await self._slots.acquire()
-            acquired = True
-        if not acquired:
-            raise Busy(
-                f"this node already runs {self.max_concurrent} frame extraction(s), its limit; retry later"
-            )
+        await self._acquire(video, plan)
         try:
-            proc = await fftools.start(plan.argv(video.file))
+            proc = await fftools.start(plan.argv(video.file),
+                                       process_class=ShowinfoProcess if plan.keyframes else Supervised)
         except BaseException:
             self._slots.release()
             raise
         extraction = Extraction(video, plan, proc, stall_timeout_s=self._stall_timeout_s, on_close=self._closed)
         self.running.add(extraction)
         return extraction
+
+    async def _acquire(self, video: ResolvedVideo, plan: ExtractionPlan) -> None:
+        if self._slots.locked() and len(self.waiting) >= self.max_queued:
+            raise Busy(f"this node already runs {self.max_concurrent} frame extraction(s), its limit, and "
+                       f"{len(self.waiting)} more wait; retry later", retry_after_s=self.retry_after_s())
+        waiting = _Waiting(video.path, plan.keyframes, time.monotonic())
+        self.waiting.append(waiting)
+        acquired = False
+        try:
+            with anyio.move_on_after(self._wait_s):
+                await self._slots.acquire()
+                acquired = True
+        finally:
+            self.waiting.remove(waiting)
+        if not acquired:
+            raise Busy(f"this node already runs {self.max_concurrent} frame extraction(s), its limit, "
+                       f"and none ended within {self._wait_s:g} s; retry later", retry_after_s=self.retry_after_s())
+
+    def retry_after_s(self) -> int:
+        """Seconds until a slot is likely free: the soonest end among running extractions, bounded."""
+        estimates = []
+        for extraction in list(self.running):
+            progress = extraction.progress
+            elapsed = time.monotonic() - extraction.started_at
+            if progress and progress > 0.01:
+                estimates.append(elapsed * (1 - progress) / progress)
+        if not estimates:
+            return RETRY_AFTER_DEFAULT_S
+        return int(min(RETRY_AFTER_MAX_S, max(RETRY_AFTER_MIN_S, math.ceil(min(estimates)))))
+
+    def statuses(self) -> list[ExtractionStatus]:
+        """Running extractions (oldest first), then the waiting ones in queue order."""
+        now = time.monotonic()
+        running = sorted(self.running, key=lambda e: e.started_at)
+        return [e.status() for e in running] + [
+            ExtractionStatus(path=w.path, state="queued", queue_position=i, keyframes=w.keyframes,
+                             elapsed_s=round(now - w.since, 3))
+            for i, w in enumerate(list(self.waiting), start=1)
+        ]
 
     def _closed(self, extraction: Extraction) -> None:
         with self._totals_lock:

@@ -128,6 +128,7 @@ def test_extractions_are_capped_and_a_freed_slot_is_reused(tmp_path, long_video,
             busy = client.get("/videos/short.mp4/frames")
             assert busy.status_code == 503
             assert busy.json()["error"]["code"] == "busy" and "limit" in busy.json()["error"]["message"]
+            assert int(busy.headers["retry-after"]) >= 2
             assert client.get("/status").json()["extractions_running"] == 1
         wait_until(lambda: client.get("/status").json()["extractions_running"] == 0, timeout_s=10,
                    what="the extraction slot to be freed")

@@ -353,7 +353,9 @@ class JobManager:
         frames_dir = await asyncio.to_thread(qc.frames_for_backend) if qc else job_dir  # only kept frames
         argv = runner_argv(backend, frames_dir, job_dir, threads=self.settings.backend_threads,
                            lingbot_python=self.settings.lingbot_python,
-                           lingbot_checkpoint=self.settings.lingbot_checkpoint, gpu_index=gpu_index)
+                           lingbot_checkpoint=self.settings.lingbot_checkpoint, gpu_index=gpu_index,
+                           colmap_max_features=self.settings.colmap_max_features,
+                           colmap_max_image_size=self.settings.colmap_max_image_size)
         proc = await Supervised.start(argv, cwd=job_dir)
         self._update(job_id, runner_pid=proc.pid)  # so a restarted agent can stop an orphan
         try:

@@ -23,9 +23,10 @@ FPS = 10.0
 STAGES = ["features", "matching", "mapping", "writing"]
 
 
-def run_runner(frames: Path, out: Path, timeout_s: float = 300) -> tuple[subprocess.CompletedProcess, float]:
+def run_runner(frames: Path, out: Path, timeout_s: float = 300, extra: tuple[str, ...] = ()
+               ) -> tuple[subprocess.CompletedProcess, float]:  # fmt: skip
     argv = [sys.executable, "-m", "services.gpu_agent.backends.colmap_runner",
-            "--frames", str(frames), "--out", str(out), "--threads", "2"]  # fmt: skip
+            "--frames", str(frames), "--out", str(out), "--threads", "2", *extra]  # fmt: skip
     started = time.monotonic()
     proc = subprocess.run(argv, check=False, cwd=REPO, capture_output=True, text=True, timeout=timeout_s)
     return proc, time.monotonic() - started
@@ -63,7 +64,7 @@ def survey(tmp_path_factory):
 @pytest.mark.slow
 def test_reconstructs_the_synthetic_survey(survey):
     sample, frames = survey
-    proc, elapsed_s = run_runner(frames, frames)
+    proc, elapsed_s = run_runner(frames, frames, extra=("--max-features", "3000", "--max-image-size", "1024"))
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     # Progress: JSON lines only, the four stages in order, monotonic within each.
@@ -83,6 +84,7 @@ def test_reconstructs_the_synthetic_survey(survey):
 
     cameras = read_cameras(frames / "cameras.json")
     assert cameras.backend == "colmap" and cameras.version.startswith("pycolmap")
+    assert (cameras.parameters["max_num_features"], cameras.parameters["max_image_size"]) == (3000, 1024)
     assert [f.name for f in cameras.frames] == sorted(p.name for p in frames.glob("frame_*.jpg"))
     registered = cameras.registered
     ratio = len(registered) / len(cameras.frames)
@@ -156,3 +158,8 @@ def test_unrelated_frames_fail_readably(tmp_path):
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "pycolmap registered only" in last_stderr_line(proc)
     assert "try a higher fps" in last_stderr_line(proc)
+
+
+def test_out_of_range_sift_parameters_are_refused(tmp_path):
+    proc, _ = run_runner(tmp_path, tmp_path, timeout_s=60, extra=("--max-features", "10"))
+    assert proc.returncode == 2 and "--max-features must be within" in proc.stderr

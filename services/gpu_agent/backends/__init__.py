@@ -28,10 +28,15 @@ LINGBOT_RUNNER = Path(__file__).resolve().parent / "lingbot_runner.py"
 
 def runner_argv(backend: str, frames_dir: Path, out_dir: Path, *, threads: int,
                 lingbot_python: Path | None = None, lingbot_checkpoint: Path | None = None,
-                gpu_index: int | None = None) -> list[str]:  # fmt: skip
+                gpu_index: int | None = None, colmap_max_features: int | None = None,
+                colmap_max_image_size: int | None = None) -> list[str]:  # fmt: skip
     if backend == "colmap":
         argv = [sys.executable, "-m", "services.gpu_agent.backends.colmap_runner",
                 "--frames", str(frames_dir), "--out", str(out_dir)]
+        if colmap_max_features:
+            argv += ["--max-features", str(colmap_max_features)]
+        if colmap_max_image_size:
+            argv += ["--max-image-size", str(colmap_max_image_size)]
         if threads > 0:
             argv += ["--threads", str(threads)]
         return argv

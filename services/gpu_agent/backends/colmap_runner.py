@@ -104,8 +104,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="folder for the outputs")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="CPU threads")
     parser.add_argument("--camera-model", default="SIMPLE_RADIAL", help="COLMAP camera model")
+    parser.add_argument("--max-features", type=int, default=MAX_FEATURES, help="SIFT features per frame at most")
+    parser.add_argument("--max-image-size", type=int, default=MAX_IMAGE_SIZE,
+                        help="longest image side SIFT works at (frames are downscaled to it)")
     parser.add_argument("--verbose", action="store_true", help="keep COLMAP's INFO logs")
     args = parser.parse_args(argv)
+    if not (64 <= args.max_features <= 65536) or not (256 <= args.max_image_size <= 8192):
+        parser.error("--max-features must be within 64..65536 and --max-image-size within 256..8192")
 
     # COLMAP's C++ code may print to stdout; progress must own it, so stdout becomes a
     # private copy and fd 1 is pointed at stderr.
@@ -118,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         reconstruct(args.frames, args.out, threads=max(1, args.threads), camera_model=args.camera_model,
-                    progress=progress)
+                    progress=progress, sift=SiftParams(args.max_features, args.max_image_size))
     except RunnerError as exc:
         print(str(exc), file=sys.stderr, flush=True)
         return EXIT_FAILED
@@ -129,7 +134,14 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def reconstruct(frames_dir: Path, out_dir: Path, *, threads: int, camera_model: str, progress: Progress) -> None:
+@dataclass(frozen=True)
+class SiftParams:
+    max_features: int = MAX_FEATURES
+    max_image_size: int = MAX_IMAGE_SIZE
+
+
+def reconstruct(frames_dir: Path, out_dir: Path, *, threads: int, camera_model: str, progress: Progress,
+                sift: SiftParams = SiftParams()) -> None:
     started = time.monotonic()
     frames = list_frames(frames_dir)
     index = load_frame_index(frames_dir)
@@ -141,12 +153,12 @@ def reconstruct(frames_dir: Path, out_dir: Path, *, threads: int, camera_model: 
     database = scratch / "database.db"
     pycolmap.set_random_seed(0)
 
-    extract(database, frames_dir, frames, threads=threads, camera_model=camera_model, progress=progress)
+    extract(database, frames_dir, frames, threads=threads, camera_model=camera_model, progress=progress, sift=sift)
     match(database, scratch, threads=threads, progress=progress)
     model = map_frames(database, frames_dir, scratch / "sparse", len(frames), threads=threads, progress=progress)
 
     progress("writing", 0.0, f"writing {PLY_NAME} and {CAMERAS_NAME}")
-    write_outputs(model, frames, index, out_dir, camera_model=camera_model, threads=threads)
+    write_outputs(model, frames, index, out_dir, camera_model=camera_model, threads=threads, sift=sift)
     write_colmap_stats(model, database, out_dir)  # for QC: keypoints live only in the database
     database.unlink(missing_ok=True)  # descriptors are big and no longer needed
     registered = model.num_reg_images()
@@ -217,7 +229,7 @@ def load_frame_index(frames_dir: Path) -> FrameIndex | None:
 
 
 def extract(database: Path, frames_dir: Path, frames: list[Frame], *, threads: int, camera_model: str,
-            progress: Progress) -> None:
+            progress: Progress, sift: SiftParams) -> None:
     """SIFT on the CPU, one shared camera per frame size, in chunks to report progress."""
     readable = [frame for frame in frames if frame.size is not None]
     reader = pycolmap.ImageReaderOptions()
@@ -231,8 +243,8 @@ def extract(database: Path, frames_dir: Path, frames: list[Frame], *, threads: i
 
     options = pycolmap.FeatureExtractionOptions()
     options.num_threads = threads
-    options.max_image_size = MAX_IMAGE_SIZE
-    options.sift.max_num_features = MAX_FEATURES
+    options.max_image_size = sift.max_image_size
+    options.sift.max_num_features = sift.max_features
     options.sift.first_octave = FIRST_OCTAVE
     chunk = max(4 * threads, math.ceil(len(readable) / EXTRACT_CHUNKS))
     progress("features", 0.0, f"SIFT on {len(readable)} frames")
@@ -332,13 +344,13 @@ def map_frames(database: Path, frames_dir: Path, sparse_dir: Path, total: int, *
 
 
 def write_outputs(model: pycolmap.Reconstruction, frames: list[Frame], index: FrameIndex | None, out_dir: Path,
-                  *, camera_model: str, threads: int) -> None:
+                  *, camera_model: str, threads: int, sift: SiftParams) -> None:
     sources = {f.name: f for f in index.frames} if index else {}
     write_points(model, sources, out_dir / PLY_NAME)
     parameters = {
         "camera_model": camera_model,
-        "max_num_features": MAX_FEATURES,
-        "max_image_size": MAX_IMAGE_SIZE,
+        "max_num_features": sift.max_features,
+        "max_image_size": sift.max_image_size,
         "first_octave": FIRST_OCTAVE,
         "global_ba_growth": GLOBAL_BA_GROWTH,
         "matching": "sequential",

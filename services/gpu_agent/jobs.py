@@ -17,10 +17,11 @@ import logging
 import re
 import shutil
 import threading
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge, Histogram
 
 from shared.errors import Conflict, NotFound
 from shared.frames import FRAMES_INDEX_NAME, FrameIndex, IndexedFrame, IndexedVideo
@@ -90,6 +91,15 @@ class JobManager:
         self._qc: dict[int, JobQc] = {}  # set up by _ingest, used until the QC report is written
         #: Read by /metrics (services/gpu_agent/metrics.py); a Counter because ingest threads add to it.
         self.frames_ingested = Counter("cosma_gpu_frames_ingested", "Frames written to job folders", registry=None)
+        self.stage_seconds = Histogram(
+            "cosma_gpu_stage_duration_seconds", "Time a job spent ingesting or reconstructing",
+            ["stage"], registry=None, buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600))
+        self.stage_fps = Gauge("cosma_gpu_stage_frames_per_second",
+                               "Frames per second of the last finished ingest or reconstruction", ["stage"],
+                               registry=None)
+        for stage in ("extracting", "reconstructing"):  # exposed from the start, not only once observed
+            self.stage_seconds.labels(stage)
+            self.stage_fps.labels(stage)
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -220,7 +230,8 @@ class JobManager:
             self.waiting.add(job_id)
             async with self._ingest_slots:
                 self.waiting.discard(job_id)
-                await self._ingest(job_id)
+                with self._timed("extracting", job_id):
+                    await self._ingest(job_id)
             backend = await asyncio.to_thread(self._choose_backend, job_id)
             slot = self.slots.gpu(prefer=self.jobs[job_id].spec.gpu_index) if backend == "lingbot" else self.slots.cpu()
             self.waiting.add(job_id)
@@ -228,7 +239,8 @@ class JobManager:
             async with slot as gpu_index:
                 self.waiting.discard(job_id)
                 try:
-                    await self._reconstruct(job_id, backend, gpu_index)
+                    with self._timed("reconstructing", job_id):
+                        await self._reconstruct(job_id, backend, gpu_index)
                 except BackendFailed as exc:
                     await self._write_qc(job_id, error=str(exc))  # the operator still sees the frames' QC
                     raise
@@ -324,6 +336,16 @@ class JobManager:
             atomic_write_bytes(job_dir / FRAMES_INDEX_NAME, index.model_dump_json(indent=1).encode())
             atomic_write_bytes(job_dir / f".video_{i}.done", b"")
             self._update(job_id, progress=(i + 1) / n, videos_done=i + 1, frames=len(index.frames))
+
+    @contextlib.contextmanager
+    def _timed(self, stage: str, job_id: int):
+        """Observe a stage's duration and frame rate when it finishes without an error."""
+        started = time.monotonic()
+        yield
+        elapsed_s = max(time.monotonic() - started, 1e-6)
+        self.stage_seconds.labels(stage).observe(elapsed_s)
+        self.stage_fps.labels(stage).set(self.jobs[job_id].frames / elapsed_s)
+        log.info("job %s: %s took %.1f s", job_id, stage, elapsed_s)
 
     def _choose_backend(self, job_id: int) -> str:
         """The backend to run: the job's, or for ``auto`` lingbot when it can run and fits."""

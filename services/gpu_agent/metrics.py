@@ -5,6 +5,8 @@
   ``cosma_gpu_temperature_celsius`` — per GPU (labels ``gpu`` index, ``name``, ``uuid``).
 - ``cosma_gpu_jobs{state}`` — jobs this agent holds, by state (every state, zeros included).
 - ``cosma_gpu_frames_ingested_total`` — frames written to job folders since the agent started.
+- ``cosma_gpu_stage_duration_seconds{stage}`` — how long ingest and reconstruction took, per job.
+- ``cosma_gpu_stage_frames_per_second{stage}`` — frame rate of the last finished ingest / reconstruction.
 """
 
 from __future__ import annotations
@@ -55,5 +57,7 @@ def collect_gpu_metrics(app: FastAPI) -> Iterable[Metric]:
     yield by_state
     if manager is not None:
         yield from manager.frames_ingested.collect()
+        yield from manager.stage_seconds.collect()
+        yield from manager.stage_fps.collect()
     else:
         yield CounterMetricFamily("cosma_gpu_frames_ingested", "Frames written to job folders", value=0)

@@ -56,7 +56,9 @@ def require_browser() -> None:
 def browser(tmp_path_factory):
     """One chromium per test module, with a fresh profile; each test opens its own page."""
     require_browser()
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
+
+    expect.set_options(timeout=TIMEOUT_MS)
 
     with sync_playwright() as pw:
         context = pw.chromium.launch_persistent_context(

@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 import pytest
 
 from conftest import TOKEN
-from dashboard_browser import HOSTILE, PHONE, browser, cluster, shots  # noqa: F401
+from dashboard_browser import HOSTILE, LAPTOP, PHONE, browser, cluster, shots  # noqa: F401
 from shared.jobs import JobState
 from shared.qc import FrameFilter, FrameSummary, QcReport, QcThresholds, ReconSummary
 
@@ -150,6 +150,10 @@ def test_the_job_page_shows_the_qc_verdict_its_reasons_and_plots(browser, cluste
     page.set_viewport_size(PHONE)
     assert no_horizontal_overflow(page)
     page.screenshot(path=shots / "job-phone.png", full_page=True)
+
+    page.set_viewport_size(LAPTOP)
+    page.click("nav >> text=Jobs")
+    expect(page.locator(f"#job-{job_id} td.qc a")).to_have_text("warn")  # read from its qc.json
     page.close()
 
 

@@ -12,10 +12,11 @@ from urllib.parse import urlsplit
 import httpx
 from fastapi import APIRouter, Path, Query
 from fastapi.responses import StreamingResponse
-from pydantic import ValidationError
+from pydantic import ConfigDict, Field, ValidationError
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
+from shared.base import WireModel
 from shared.errors import ApiError, NotFound
 from shared.gpu import ViewerInfo
 from shared.qc import QC_NAME, QcReport
@@ -89,7 +90,7 @@ def viewer_url(store: Store, job: Job) -> str | None:
 
 @router.get("/{job_id}/reconstruction.glb", response_class=StreamingResponse, responses={200: {
     "description": "glTF 2.0 binary built by the gpu node (cached there)",
-    "content": {"model/gltf-binary": {}}}})
+    "content": {"model/gltf-binary": {"example": "glTF\\x02\\x00\\x00\\x00…"}}}})
 async def get_job_glb(
     job_id: JobId, store: StoreDep, agents: AgentsDep,
     safe: Annotated[bool, Query(description="light variant with fewer points")] = False,
@@ -104,8 +105,17 @@ async def get_job_glb(
     return StreamingResponse(upstream.aiter_raw(), headers=headers, background=BackgroundTask(upstream.aclose))
 
 
+class ViewerLink(WireModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"job_id": 7, "port": 8107, "url": "http://192.168.1.84:8107/"}]})
+
+    job_id: int
+    port: int = Field(description="the port the viewer really listens on")
+    url: str = Field(description="open this in a browser on the LAN")
+
+
 @router.post("/{job_id}/viewer", dependencies=[TokenRequired])
-async def start_job_viewer(job_id: JobId, store: StoreDep, agents: AgentsDep) -> dict:
+async def start_job_viewer(job_id: JobId, store: StoreDep, agents: AgentsDep) -> ViewerLink:
     """Start the job's 3D viewer on its gpu node; answers its URL on the node's host."""
     node_url = await _node_url(store, job_id)
     request = agents.client.build_request("POST", f"{node_url}/jobs/{job_id}/viewer")
@@ -119,7 +129,7 @@ async def start_job_viewer(job_id: JobId, store: StoreDep, agents: AgentsDep) ->
         await response.aclose()
     host = urlsplit(node_url).hostname or ""
     host = f"[{host}]" if ":" in host else host
-    return {"job_id": job_id, "port": info.port, "url": f"http://{host}:{info.port}/"}
+    return ViewerLink(job_id=job_id, port=info.port, url=f"http://{host}:{info.port}/")
 
 
 async def _node_url(store: Store, job_id: int) -> str:

@@ -29,8 +29,8 @@ from services.core.api.deps import TOKEN_COOKIE, AgentsDep, StoreDep
 from services.core.models import API_PREFIX, file_url, last_status
 from services.core.store import ACTIVE_STATES, Job, Store
 
-router = APIRouter(tags=["pages"], include_in_schema=False)
-router.include_router(dashboard.router, prefix=API_PREFIX, include_in_schema=True)
+router = APIRouter(tags=["pages"])
+router.include_router(dashboard.router, prefix=API_PREFIX)
 
 #: Jobs per page of the job table.
 PAGE_JOBS = 50
@@ -73,8 +73,9 @@ _ENV.globals.update(file_url=file_url, qc_name=QC_NAME, states=[s.value for s in
                     active=[s.value for s in ACTIVE_STATES])
 
 
-def _render(name: str, status_code: int = 200, **context) -> HTMLResponse:
-    return HTMLResponse(_ENV.get_template(name).render(**context), status_code=status_code,
+def _render(name: str, since: int, status_code: int = 200, **context) -> HTMLResponse:
+    """``since``: the last event id before the page's data was read; its live updates start there."""
+    return HTMLResponse(_ENV.get_template(name).render(since=since, **context), status_code=status_code,
                         headers={"Cache-Control": "no-store"})
 
 
@@ -85,18 +86,19 @@ def _job_rows(store: Store, jobs: list[Job]) -> list[dict]:
 
 # -- pages ---------------------------------------------------------------------------------
 
-@router.get("/", response_class=HTMLResponse)
+@router.get("/", response_class=HTMLResponse, include_in_schema=False)
 def get_overview(store: StoreDep) -> HTMLResponse:
+    since = store.last_event_id()
     nodes = store.list_nodes()
     open_jobs = store.open_job_counts()
     counts = {s.value: store.list_jobs(states=[s], limit=1)[1] for s in JobState}
     running, _ = store.list_jobs(states=ACTIVE_STATES, limit=OVERVIEW_RUNNING)
     shown = [{"node": n, "status": last_status(n), "open_jobs": open_jobs.get(n.name, 0)} for n in nodes]
-    return _render("overview.html", page="overview", nodes=shown, counts=counts,
+    return _render("overview.html", since, page="overview", nodes=shown, counts=counts,
                    running=_job_rows(store, running), total=sum(counts.values()))
 
 
-@router.get("/jobs", response_class=HTMLResponse)
+@router.get("/jobs", response_class=HTMLResponse, include_in_schema=False)
 def get_jobs(
     store: StoreDep,
     state: Annotated[list[JobState] | None, Query()] = None,
@@ -105,6 +107,7 @@ def get_jobs(
     cursor: Annotated[int | None, Query(ge=1)] = None,
 ) -> HTMLResponse:
     node, q = node or None, q or None
+    since = store.last_event_id()
     jobs, count = store.list_jobs(states=state, node=node, text=q, before_id=cursor, limit=PAGE_JOBS)
     filters = {"state": [s.value for s in state or []], "node": node or "", "q": q or ""}
     next_url = None
@@ -113,38 +116,40 @@ def get_jobs(
         next_url = "/jobs?" + urlencode(query + [("cursor", jobs[-1].id)])
     # New jobs are added live only where they would be: the first page, unfiltered.
     live_insert = cursor is None and not state and not node and not q
-    return _render("jobs.html", page="jobs", rows=_job_rows(store, jobs), count=count, filters=filters,
+    return _render("jobs.html", since, page="jobs", rows=_job_rows(store, jobs), count=count, filters=filters,
                    next_url=next_url, first_page=cursor is None, live_insert=live_insert,
                    nodes=[n.name for n in store.list_nodes()])
 
 
-@router.get("/jobs/rows", response_class=HTMLResponse)
+@router.get("/jobs/rows", response_class=HTMLResponse, include_in_schema=False)
 def get_job_rows(store: StoreDep, id: Annotated[list[int], Query(max_length=500)]) -> HTMLResponse:
     """Table rows of these jobs (for the page's live updates); unknown ids are left out."""
     found = store.jobs_by_id(id)
     jobs = [found[i] for i in sorted(found, reverse=True)]
-    return _render("job_rows.html", rows=_job_rows(store, jobs))
+    return _render("job_rows.html", 0, rows=_job_rows(store, jobs))
 
 
-@router.get("/jobs/{job_id}", response_class=HTMLResponse)
+@router.get("/jobs/{job_id}", response_class=HTMLResponse, include_in_schema=False)
 async def get_job_page(job_id: Annotated[int, Path(ge=1, le=10_000_000)], store: StoreDep,
                        agents: AgentsDep) -> HTMLResponse:
+    since = await run_in_threadpool(store.last_event_id)
     try:
         job = await run_in_threadpool(store.get_job, job_id)
     except NotFound:
-        return _render("missing.html", status_code=404, page="jobs", job_id=job_id)
+        return _render("missing.html", since, status_code=404, page="jobs", job_id=job_id)
     videos = (await run_in_threadpool(store.videos_of, [job_id]))[job_id]
     events = await run_in_threadpool(store.job_events, job_id)
     qc = await dashboard.load_qc(store, agents, job)
     viewer = await run_in_threadpool(dashboard.viewer_url, store, job)
     files = set(job.files)
     plots = [p for p in (qc.report.plots if qc.report else []) if p in files]
-    return _render("job.html", page="jobs", job=job, videos=videos, events=events, qc=qc, plots=plots,
+    return _render("job.html", since, page="jobs", job=job, videos=videos, events=events, qc=qc, plots=plots,
                    files=files, viewer_url=viewer)
 
 
-@router.get("/videos", response_class=HTMLResponse)
+@router.get("/videos", response_class=HTMLResponse, include_in_schema=False)
 async def get_videos(store: StoreDep, agents: AgentsDep) -> HTMLResponse:
+    since = await run_in_threadpool(store.last_event_id)
     found, errors = await catalog.catalogs(store, agents)
     storages = []
     for node in found:
@@ -157,10 +162,10 @@ async def get_videos(store: StoreDep, agents: AgentsDep) -> HTMLResponse:
                 "unreadable": [v.path for v in rec.chapters if v.error],
             })
         storages.append({"name": node.node, "folders": sorted(folders.items())})
-    return _render("videos.html", page="videos", storages=storages, errors=sorted(errors.items()))
+    return _render("videos.html", since, page="videos", storages=storages, errors=sorted(errors.items()))
 
 
-@router.get("/static/{name}")
+@router.get("/static/{name}", include_in_schema=False)
 def get_static(name: str) -> FileResponse:
     """The dashboard's own CSS and JavaScript (no CDN: the LAN may be offline)."""
     if name not in {p.name for p in STATIC_DIR.iterdir() if p.is_file()}:

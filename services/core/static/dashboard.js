@@ -119,7 +119,27 @@
         var old = document.getElementById("job-" + id);
         if (!seen[String(id)] && old) { old.remove(); bumpCount(-1); }
       });
+      fillVerdicts();
     }).catch(function () { /* the next event or poll tries again */ });
+  }
+
+  // The QC verdict of finished rows, read from each job's qc.json once (a few kB each).
+  var verdicts = {};
+  function fillVerdicts() {
+    if (!table) return;
+    Array.prototype.forEach.call(table.querySelectorAll("a[data-qc]"), function (link) {
+      var url = link.dataset.qc;
+      var show = function (status) {
+        if (["pass", "warn", "fail"].indexOf(status) < 0) return;
+        link.textContent = status;
+        link.className = "verdict-small " + status;
+      };
+      if (verdicts[url]) { verdicts[url].then(show); return; }
+      verdicts[url] = fetch(url).then(function (r) { return r.ok ? r.json() : null; })
+        .then(function (qc) { return qc && qc.verdict ? String(qc.verdict.status) : null; })
+        .catch(function () { delete verdicts[url]; return null; });
+      verdicts[url].then(show);
+    });
   }
 
   function activeRowIds() {
@@ -130,16 +150,27 @@
   }
 
   // -- events ----------------------------------------------------------------------------
+  // From the last event before the page was rendered, so nothing between is missed; on an
+  // error the stream is reopened after the last event seen.
   function listen(onEvent) {
     if (!window.EventSource) return;
-    var source = new EventSource("/api/v1/events");
-    ["job", "node"].forEach(function (kind) {
-      source.addEventListener(kind, function (ev) {
-        var data;
-        try { data = JSON.parse(ev.data); } catch (err) { return; }
-        onEvent(data);
+    var after = parseInt(body.dataset.since, 10) || 0;
+    function open() {
+      var source = new EventSource("/api/v1/events?after=" + after);
+      ["job", "node"].forEach(function (kind) {
+        source.addEventListener(kind, function (ev) {
+          var data;
+          try { data = JSON.parse(ev.data); } catch (err) { return; }
+          if (data.id > after) after = data.id;
+          onEvent(data);
+        });
       });
-    });
+      source.onerror = function () {
+        source.close();
+        setTimeout(open, 2000);
+      };
+    }
+    open();
   }
 
   function debounce(fn, ms) {
@@ -153,6 +184,7 @@
   // -- pages -----------------------------------------------------------------------------
   function jobsPage() {
     var liveInsert = table.dataset.liveInsert === "true";
+    fillVerdicts();
     var changed = {};
     var flush = debounce(function () {
       var ids = Object.keys(changed);

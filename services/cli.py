@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     settings: ServiceSettings = settings_from_args(args.settings_cls, args)
     from shared.service import serve
 
-    serve(args.factory(settings), settings.host, settings.port, settings.log_level)
+    serve(args.factory(settings), settings.host, settings.port, settings.log_level, settings.log_format)
     return 0
 
 

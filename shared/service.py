@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import uvicorn
@@ -10,6 +9,7 @@ from fastapi import FastAPI, Request
 
 from shared import API_VERSION, API_VERSION_HEADER, __version__
 from shared.errors import install_error_handlers
+from shared.logs import configure_logging
 from shared.health import Health, Role
 from shared.metrics import CollectorRegistry, install_metrics
 
@@ -35,6 +35,7 @@ def make_app(*, title: str, role: Role, node_id: str, lifespan: Any = None,
     return app
 
 
-def serve(app: FastAPI, host: str, port: int, log_level: str = "info") -> None:
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
+def serve(app: FastAPI, host: str, port: int, log_level: str = "info", log_format: str = "text") -> None:
+    log_config = configure_logging(log_level, log_format)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, log_config=log_config,
+                timeout_graceful_shutdown=5)

@@ -11,6 +11,7 @@ import argparse
 import socket
 import typing
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -30,7 +31,8 @@ class ServiceSettings(BaseSettings):
         None, validation_alias="COSMA_TOKEN", description="cluster token", json_schema_extra=_NO_CLI
     )
     token_file: Path | None = Field(None, description="file holding the cluster token")
-    log_level: str = Field("info", description="log level: debug, info, warning, error")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
+    log_format: Literal["text", "json"] = Field("text", description="log lines as text or one JSON object each")
 
     def resolved_token(self) -> str:
         return load_token(self.token.get_secret_value() if self.token else None, self.token_file)

@@ -26,6 +26,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from shared.errors import Conflict, NotFound
 from shared.frames import FRAMES_INDEX_NAME, FrameIndex, IndexedFrame, IndexedVideo
 from shared.jobs import AgentJob, JobSpec, JobState
+from shared.logs import current_job
 from shared.procs import Supervised
 from shared.vram import estimate_vram_mib
 
@@ -226,6 +227,7 @@ class JobManager:
     # -- the work ----------------------------------------------------------------------
 
     async def _run(self, job_id: int) -> None:
+        current_job.set(job_id)  # this task's log records carry the job id
         try:
             self.waiting.add(job_id)
             async with self._ingest_slots:

@@ -65,8 +65,13 @@ def print_job_line(job: dict) -> None:
 
 def cmd_submit(args: argparse.Namespace) -> int:
     token = _client_token(args)
-    body = {"videos": [{"storage": args.storage, "path": p} for p in args.paths],
-            "fps": args.fps, "backend": args.backend}
+    if bool(args.paths) == bool(args.recording):
+        raise SystemExit("give either video paths or --recording ID (see /api/v1/recordings), not both")
+    body = {"fps": args.fps, "backend": args.backend, "priority": args.priority, "cpu_fallback": args.cpu_fallback}
+    if args.recording:
+        body["recording"] = {"storage": args.storage, "id": args.recording}
+    else:
+        body["videos"] = [{"storage": args.storage, "path": p} for p in args.paths]
     if args.width:
         body["width"] = args.width
     if args.max_frames:
@@ -83,17 +88,33 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return wait_for_job(args.core, job["id"])
 
 
+def progress_bar(job: dict, width: int = 30) -> str:
+    """One terminal line: state, a bar for the stage's progress, the latest message."""
+    filled = round(width * max(0.0, min(1.0, job.get("progress") or 0.0)))
+    message = (job.get("error") or job.get("message") or "")[:60]
+    return (f"job {job['id']} {job['state']:<14} [{'#' * filled}{'.' * (width - filled)}] "
+            f"{100 * (job.get('progress') or 0):5.1f}%  {message}")
+
+
 def wait_for_job(core_url: str, job_id: int, *, poll_s: float = 1.0) -> int:
+    """Follow a job until it ends: a live bar on a terminal, a line per change otherwise."""
+    live = sys.stdout.isatty()
     last = None
     while True:
         resp = httpx.get(f"{core_url}/api/v1/jobs/{job_id}", timeout=30)
         _fail_on_error(resp)
         job = resp.json()
         line = (job["state"], job.get("stage"), round(job.get("progress", 0), 2), job.get("message"))
-        if line != last:
+        if live:
+            print("\r\033[K" + progress_bar(job), end="", flush=True)
+        elif line != last:
             print_job_line(job)
-            last = line
+        last = line
         if job["state"] in ("done", "failed", "cancelled"):
+            if live:
+                print()
+                if job.get("error"):
+                    print(f"error: {job['error']}")
             return 0 if job["state"] == "done" else 1
         time.sleep(poll_s)
 
@@ -140,7 +161,12 @@ def build_parser() -> argparse.ArgumentParser:
     submit = sub.add_parser("submit", help="submit a job to the core")
     _add_client_arguments(submit)
     submit.add_argument("--storage", required=True, help="name of the storage node holding the videos")
-    submit.add_argument("paths", nargs="+", help="video paths on that node, in order (one job)")
+    submit.add_argument("paths", nargs="*", help="video paths on that node, in order (one job)")
+    submit.add_argument("--recording", default=None,
+                        help="instead of paths: a GoPro recording id, all its chapters in order (default: none)")
+    submit.add_argument("--priority", type=int, default=0, help="higher runs first (default: 0)")
+    submit.add_argument("--cpu-fallback", action="store_true",
+                        help="run colmap on a CPU if the job fits on no GPU (default: off)")
     submit.add_argument("--fps", type=float, default=2.0, help="frames per second to sample (default: 2.0)")
     submit.add_argument("--width", type=int, default=None, help="frame width (default: the core's, 640)")
     submit.add_argument("--max-frames", type=int, default=None, help="cap on frames per video (default: none)")

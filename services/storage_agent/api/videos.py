@@ -65,6 +65,7 @@ async def list_recordings(agent: AgentDep, folder: FolderQuery = None) -> Record
 
 @router.get(
     "/videos/{path:path}/frames",
+    status_code=200,  # ExtractionResponse has no status_code default for the OpenAPI generator to read
     response_class=ExtractionResponse,
     responses={200: {"content": {TAR_MEDIA_TYPE: {}}, "description": "tar of frame_%06d.jpg, then end.json"}},
 )

@@ -98,6 +98,24 @@ def wait_while_used(server, idle_timeout_s: float) -> None:
             return
 
 
+#: Width of the frame picture drawn in each frustum: small, the browser gets up to MAX_FRUSTUMS.
+THUMBNAIL_WIDTH = 160
+
+
+def thumbnail(path: Path) -> np.ndarray | None:
+    """The frame as a small RGB array for its frustum, or None when the frame is not there."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            image.draft("RGB", (THUMBNAIL_WIDTH, THUMBNAIL_WIDTH))  # JPEG: decode at a reduced scale
+            image = image.convert("RGB")
+            height = max(1, round(image.height * THUMBNAIL_WIDTH / image.width))
+            return np.asarray(image.resize((THUMBNAIL_WIDTH, height)))
+    except (OSError, ValueError):
+        return None
+
+
 def populate(server, job_dir: Path, *, max_points: int, title: str | None) -> None:
     from services.gpu_agent.glb import PLY_NAME, frustum_depth, subsample
     from shared.cameras import CAMERAS_NAME, read_cameras
@@ -137,7 +155,8 @@ def populate(server, job_dir: Path, *, max_points: int, title: str | None) -> No
         wxyz = _wxyz(c2w[:3, :3])
         server.scene.add_camera_frustum(f"/cameras/{frame.name}", fov=float(fov), aspect=float(aspect),
                                         scale=depth, wxyz=wxyz, position=c2w[:3, 3], color=(255, 120, 0),
-                                        thickness=1.5, thickness_units="screen")
+                                        thickness=1.5, thickness_units="screen",
+                                        image=thumbnail(job_dir / frame.name), format="jpeg", jpeg_quality=70)
     up = up_direction(xyz, centres)
     if up is not None:
         server.scene.set_up_direction(up)

@@ -8,6 +8,7 @@ import shutil
 import socket
 
 import httpx
+import numpy as np
 import pytest
 from conftest import TOKEN, processes_matching, serve_app, wait_until
 from results_media import write_done_job
@@ -138,3 +139,17 @@ def test_chromium_draws_the_viewer_canvas(tmp_path):
                 assert "12% of frames are blurry" in page.content()
             finally:
                 browser.close()
+
+
+def test_frustum_thumbnails_are_small_rgb_pictures_of_the_frame(tmp_path):
+    from PIL import Image
+
+    from services.gpu_agent.viewer_runner import THUMBNAIL_WIDTH, thumbnail
+
+    frame = np.zeros((360, 640, 3), np.uint8)
+    frame[:, :320] = (255, 0, 0)  # left half red
+    Image.fromarray(frame).save(tmp_path / "frame_000001.jpg", quality=95)
+    small = thumbnail(tmp_path / "frame_000001.jpg")
+    assert small.shape == (90, THUMBNAIL_WIDTH, 3) and small.dtype == np.uint8
+    assert small[45, 10, 0] > 200 and small[45, 10, 2] < 50 and small[45, -10, 0] < 50
+    assert thumbnail(tmp_path / "missing.jpg") is None

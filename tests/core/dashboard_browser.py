@@ -19,10 +19,14 @@ from typing import Iterator
 
 import httpx
 import pytest
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 
-from conftest import serve_app
+from conftest import TOKEN, serve_app
 from core_fakes import AUTH, FakeGpuAgent, FakeStorageAgent, core_settings, video
+from shared.auth import BearerAuth
+from shared.jobs import JobState
+from shared.errors import NotFound
+from shared.stitches import StitchSpec, StitchState
 
 from services.core.app import create_app
 
@@ -81,12 +85,30 @@ def shots(tmp_path_factory) -> Path:
     return folder
 
 
-class TypedFilesGpuAgent(FakeGpuAgent):
+class DashboardGpuAgent(FakeGpuAgent):
     """FAKE gpu agent whose files carry the content type the real agent's ``FileResponse``
-    guesses from the name (a plot must arrive as ``image/svg+xml`` for an ``<img>`` to show it)."""
+    guesses from the name (a plot must arrive as ``image/svg+xml`` for an ``<img>`` to show
+    it), and which takes stitches: the test scripts their state in ``stitches``."""
+
+    def __init__(self, name: str, **kwargs):
+        super().__init__(name, **kwargs)
+        self.stitch_specs: dict[int, StitchSpec] = {}
+        self.stitches: dict[int, StitchState] = {}
 
     def build_app(self) -> FastAPI:
         app = super().build_app()
+
+        @app.put("/stitches/{stitch_id}", dependencies=[Depends(BearerAuth(TOKEN))], status_code=202)
+        def put_stitch(stitch_id: int, spec: StitchSpec) -> StitchState:
+            self.stitch_specs[stitch_id] = spec
+            return self.stitches.setdefault(stitch_id, StitchState(stitch_id=stitch_id, state="running",
+                                                                   message="matching frames"))
+
+        @app.get("/stitches/{stitch_id}", dependencies=[Depends(BearerAuth(TOKEN))])
+        def get_stitch(stitch_id: int) -> StitchState:
+            if stitch_id not in self.stitches:
+                raise NotFound(f"no stitch {stitch_id}")
+            return self.stitches[stitch_id]
 
         @app.middleware("http")
         async def _content_type(request: Request, call_next):
@@ -123,6 +145,14 @@ class Cluster:
             time.sleep(0.1)
         pytest.fail(f"job {job_id}: timed out waiting for {what}; it is {self.job(job_id)}")
 
+    def finished_job(self) -> int:
+        """A job the FAKE gpu agent ran to the end."""
+        job_id = self.submit()
+        self.wait_placed(job_id)
+        self.gpu.report(job_id, JobState.done, "done", 1.0, files=["reconstruction.ply", "cameras.json"])
+        self.wait_job(job_id, lambda j: j["state"] == "done", "done")
+        return job_id
+
     def wait_placed(self, job_id: int) -> None:
         """Until the core has placed the job and the FAKE gpu agent holds it."""
         self.wait_job(job_id, lambda j: j["state"] == "assigned" and job_id in self.gpu.jobs, "its placement")
@@ -132,7 +162,7 @@ class Cluster:
 def cluster(tmp_path_factory) -> Iterator[Cluster]:
     """A core on loopback with its scheduler ticking fast, one FAKE gpu agent and one FAKE
     storage agent (two GoPro chapters and a file with a hostile name)."""
-    gpu = TypedFilesGpuAgent("gpu-1", gpus_free_mib=[20_000]).start()
+    gpu = DashboardGpuAgent("gpu-1", gpus_free_mib=[20_000]).start()
     storage = FakeStorageAgent(videos=[video("100GOPRO/GX010042.MP4"), video("100GOPRO/GX020042.MP4"),
                                        video(HOSTILE)]).start()
     settings = core_settings(tmp_path_factory.mktemp("core"), scheduler_enabled=True, tick_interval_s=0.2)

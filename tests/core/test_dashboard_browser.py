@@ -11,6 +11,7 @@ from conftest import TOKEN
 from dashboard_browser import HOSTILE, LAPTOP, PHONE, browser, cluster, shots  # noqa: F401
 from shared.jobs import JobState
 from shared.qc import FrameFilter, FrameSummary, QcReport, QcThresholds, ReconSummary
+from shared.stitches import StitchJobResult, StitchReport, StitchState
 
 from services.core.api.deps import TOKEN_COOKIE
 from services.gpu_agent.qc import plots
@@ -18,6 +19,8 @@ from services.gpu_agent.qc.frames import FrameRow, flag_summary, judge
 from services.gpu_agent.qc.verdict import decide
 
 pytestmark = pytest.mark.timeout(180)
+
+IDENTITY = [[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0]]
 
 
 def expect(locator):
@@ -101,7 +104,7 @@ def test_a_hostile_file_name_is_text_and_submits_from_the_videos_page(browser, c
     hostile = page.locator("td.what", has_text=HOSTILE)
     expect(hostile).to_have_text(HOSTILE)
     expect(page.locator("td.what", has_text="100GOPRO/GX0042")).to_be_visible()  # chapters as one recording
-    assert page.locator("img").count() == 0
+    assert page.locator("img:not(.thumb)").count() == 0
 
     page.locator("tr", has=hostile).locator("input.pick").check()
     page.fill("input[name=fps]", "1")
@@ -177,3 +180,34 @@ def qc_files(job_id: int) -> tuple[QcReport, str]:
                       filter=frame_filter, frames=frames, reconstruction=recon, verdict=verdict,
                       plots=["sharpness.svg"], report="report.html")
     return report, plots.sharpness_chart(rows, thresholds)
+
+
+def test_stitch_finished_jobs_and_see_the_residuals(browser, cluster, shots):
+    first, second = cluster.finished_job(), cluster.finished_job()
+    page = browser.new_page()
+    page.goto(cluster.url + "/stitches")
+    page.check(f"input.stitch-pick[value='{second}']")  # ticked first: the reference
+    page.check(f"input.stitch-pick[value='{first}']")
+    expect(page.locator("#stitch-order")).to_have_text(f"{second}, {first}")
+    page.fill("input[name=frames_per_job]", "8")
+    page.click("#stitch-submit")
+    card = page.locator("article.stitch").first
+    expect(card).to_contain_text("matching frames")
+    stitch_id = int(card.get_attribute("data-stitch"))
+    spec = cluster.gpu.stitch_specs[stitch_id]
+    assert [j.job_id for j in spec.jobs] == [second, first] and spec.frames_per_job == 8
+
+    results = [StitchJobResult(agent_url=cluster.gpu.url, job_id=job_id, matrix=IDENTITY, scale=scale,
+                               cross_matches=matches, shared_frames=8, rmse=rmse, rmse_relative=rel)
+               for job_id, scale, matches, rmse, rel in ((second, 1.0, 0, 0.0, None), (first, 0.5, 412, 0.0123, 0.004))]
+    report = StitchReport(stitch_id=stitch_id, created_at=datetime.now(timezone.utc),
+                          ply=f"stitch_{stitch_id}.ply", jobs=results)
+    cluster.gpu.stitches[stitch_id] = StitchState(stitch_id=stitch_id, state="done", message="stitched",
+                                                  report=report)
+    expect(card.locator(".state")).to_have_text("done")  # followed live, then shown with its residuals
+    row = card.locator("table.residuals tr", has=page.locator(f"a[href='/jobs/{first}']"))
+    expect(row).to_contain_text("412")
+    expect(row).to_contain_text("0.0123")
+    expect(row).to_contain_text("0.40 %")
+    page.screenshot(path=shots / "stitches-laptop.png", full_page=True)
+    page.close()

@@ -1,19 +1,21 @@
-"""The routes the dashboard adds to the API: the job's GLB through the core, its viewer."""
+"""The routes the dashboard adds to the API: the job's GLB through the core, its viewer, thumbnails."""
 
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from urllib.parse import quote
 
 import pytest
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
-from core_fakes import AUTH, FakeGpuAgent, anyio_backend, core_settings, running_core  # noqa: F401
+from core_fakes import AUTH, FakeGpuAgent, FakeStorageAgent, anyio_backend, core_settings, running_core  # noqa: F401
 from services.core.store import utcnow
 
 pytestmark = pytest.mark.anyio
 
 GLB = b"glTF\x02\x00\x00\x00" + bytes(64)
+JPEG = b"\xff\xd8\xff\xe0" + bytes(32)
 
 
 class GlbGpuAgent(FakeGpuAgent):
@@ -76,3 +78,44 @@ async def test_the_glb_and_the_viewer_come_through_the_core(tmp_path):
             assert down.status_code == 503 and "unreachable" in down.json()["error"]["message"]
     finally:
         gpu.stop()
+
+
+class ThumbStorageAgent(FakeStorageAgent):
+    """FAKE storage agent that also makes thumbnails (of any path but ``bad.MP4``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.thumbs: list[tuple[str, dict]] = []
+
+    def build_app(self) -> FastAPI:
+        app = super().build_app()
+
+        @app.get("/videos/{path:path}/thumbnail")
+        def get_thumbnail(path: str, request: Request) -> Response:
+            self.thumbs.append((path, dict(request.query_params)))
+            if path == "bad.MP4":
+                return JSONResponse({"error": {"code": "invalid", "message": "t is past the end"}}, status_code=422)
+            return Response(JPEG, media_type="image/jpeg")
+
+        return app
+
+
+async def test_thumbnails_come_from_the_storage_node_through_the_core(tmp_path):
+    storage = ThumbStorageAgent().start()
+    try:
+        async with running_core(core_settings(tmp_path)) as (_app, client):
+            for name, role in (("st", "storage"), ("g1", "gpu")):
+                await client.post("/api/v1/nodes", json={"name": name, "role": role, "url": storage.url}, headers=AUTH)
+            hostile = "100 GOPRO/<img src=x>#?.MP4"
+            thumb = await client.get(f"/api/v1/videos/st/{quote(hostile, safe='/')}/thumbnail?t=2.5&width=160")
+            assert thumb.status_code == 200 and thumb.content == JPEG
+            assert thumb.headers["content-type"] == "image/jpeg"
+            assert storage.thumbs == [(hostile, {"width": "160", "t": "2.5"})]
+
+            refused = await client.get("/api/v1/videos/st/bad.MP4/thumbnail")
+            assert refused.status_code == 422 and "past the end" in refused.json()["error"]["message"]
+            assert (await client.get("/api/v1/videos/g1/a.MP4/thumbnail")).status_code == 404
+            assert (await client.get("/api/v1/videos/nobody/a.MP4/thumbnail")).status_code == 404
+            assert (await client.get("/api/v1/videos/st/a.MP4/thumbnail?width=5000")).status_code == 422
+    finally:
+        storage.stop()

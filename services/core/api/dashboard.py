@@ -1,5 +1,6 @@
 """What the dashboard needs from the agents beyond the REST API: the job's QC report, its GLB
-through the core, and its 3D viewer (started on the gpu agent, opened on the agent's host)."""
+through the core, its 3D viewer (started on the gpu agent, opened on the agent's host), and
+video thumbnails from the storage nodes."""
 
 from __future__ import annotations
 
@@ -7,28 +8,29 @@ import json
 import logging
 from dataclasses import dataclass
 from typing import Annotated
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import httpx
 from fastapi import APIRouter, Path, Query
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from pydantic import ConfigDict, Field, ValidationError
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
 from shared.base import WireModel
-from shared.errors import ApiError, NotFound
+from shared.errors import ApiError, BadRequest, NotFound
 from shared.gpu import ViewerInfo
 from shared.qc import QC_NAME, QcReport
 
 from services.core.agents import AgentClient, AgentError
 from services.core.api.deps import AgentsDep, StoreDep, TokenRequired
-from services.core.models import ERROR_RESPONSES, last_status
-from services.core.store import Job, Store
+from services.core.models import ERROR_RESPONSES, NodeName, last_status
+from services.core.store import Job, NodeRole, Store
 
 log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/jobs", tags=["jobs"], responses=ERROR_RESPONSES)
+media_router = APIRouter(tags=["catalog"], responses=ERROR_RESPONSES)
 
 JobId = Annotated[int, Path(ge=1, le=10_000_000)]
 
@@ -132,6 +134,28 @@ async def start_job_viewer(job_id: JobId, store: StoreDep, agents: AgentsDep) ->
     return ViewerLink(job_id=job_id, port=info.port, url=f"http://{host}:{info.port}/")
 
 
+@media_router.get("/videos/{storage}/{path:path}/thumbnail", response_class=Response, responses={200: {
+    "description": "one JPEG from the storage node", "content": {"image/jpeg": {"example": "\\xff\\xd8\\xff…"}}}})
+async def get_video_thumbnail(
+    storage: NodeName, path: str, store: StoreDep, agents: AgentsDep,
+    t: Annotated[float | None, Query(ge=0, le=86_400, description="seconds in (default: 10% in)")] = None,
+    width: Annotated[int, Query(ge=32, le=1920)] = 320,
+) -> Response:
+    """A thumbnail of a video, made by its storage node (the video itself never leaves it)."""
+    node = (await run_in_threadpool(store.nodes_by_name, [storage])).get(storage)
+    if node is None or node.role != NodeRole.storage:
+        raise NotFound(f"no storage node named {storage!r}")
+    params = {"width": width, **({"t": t} if t is not None else {})}
+    request = agents.client.build_request("GET", f"{node.url}/videos/{quote(path, safe='/')}/thumbnail",
+                                          params=params)
+    response = await _send(agents, request, f"storage node {storage}")
+    try:
+        jpeg = await response.aread()
+    finally:
+        await response.aclose()
+    return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=300"})
+
+
 async def _node_url(store: Store, job_id: int) -> str:
     job = await run_in_threadpool(store.get_job, job_id)
     if job.node is None:
@@ -139,11 +163,11 @@ async def _node_url(store: Store, job_id: int) -> str:
     return (await run_in_threadpool(store.get_node, job.node)).url
 
 
-async def _send(agents: AgentClient, request: httpx.Request) -> httpx.Response:
+async def _send(agents: AgentClient, request: httpx.Request, who: str = "the gpu node") -> httpx.Response:
     try:
         response = await agents.client.send(request, stream=True)
     except httpx.TransportError as exc:
-        raise ApiError(f"the gpu node is unreachable: {exc or type(exc).__name__}; is its agent running?",
+        raise ApiError(f"{who} is unreachable: {exc or type(exc).__name__}; is its agent running?",
                        code="agent_unreachable", status_code=503) from None
     if response.is_error:
         await response.aread()
@@ -153,6 +177,8 @@ async def _send(agents: AgentClient, request: httpx.Request) -> httpx.Response:
         except (ValueError, KeyError, TypeError):
             message = response.text[:200] or response.reason_phrase
         if response.status_code == 404:
-            raise NotFound(f"the gpu node does not have it: {message}")
-        raise ApiError(f"the gpu node failed: {message}", code="agent_error", status_code=502)
+            raise NotFound(f"{who} does not have it: {message}")
+        if response.status_code == 422:
+            raise BadRequest(f"{who} cannot make it: {message}")
+        raise ApiError(f"{who} failed: {message}", code="agent_error", status_code=502)
     return response

@@ -1,18 +1,19 @@
 """The dashboard: server-rendered pages (Jinja2, everything escaped) and their static files.
 
 ``/`` overview, ``/jobs`` the job table, ``/jobs/{id}`` one job, ``/videos`` the catalog to
-submit from. The pages' JavaScript (``static/dashboard.js``) keeps them live from
+submit from, ``/stitches`` finished jobs merged. The pages' JavaScript (``static/dashboard.js``) keeps them live from
 ``/api/v1/events`` and re-fetches rows as HTML from ``/jobs/rows``, so rows are rendered in
 one place only. Writes go to the REST API with the token the page keeps in a cookie.
 """
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime, timezone
 from pathlib import Path as FsPath
 from posixpath import dirname
 from typing import Annotated
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 import jinja2
 from fastapi import APIRouter, Path, Query
@@ -22,8 +23,9 @@ from starlette.concurrency import run_in_threadpool
 from shared.errors import NotFound
 from shared.jobs import JobState
 from shared.qc import QC_NAME
+from shared.stitches import StitchPublic
 
-from services.core import catalog
+from services.core import catalog, stitches
 from services.core.api import dashboard
 from services.core.api.deps import TOKEN_COOKIE, AgentsDep, StoreDep
 from services.core.models import API_PREFIX, file_url, last_status
@@ -31,11 +33,14 @@ from services.core.store import ACTIVE_STATES, Job, Store
 
 router = APIRouter(tags=["pages"])
 router.include_router(dashboard.router, prefix=API_PREFIX)
+router.include_router(dashboard.media_router, prefix=API_PREFIX)
 
 #: Jobs per page of the job table.
 PAGE_JOBS = 50
 #: Running jobs listed on the overview.
 OVERVIEW_RUNNING = 50
+#: Newest stitches shown (each is looked up on its node).
+PAGE_STITCHES = 20
 
 _HERE = FsPath(__file__).resolve().parent.parent
 STATIC_DIR = _HERE / "static"
@@ -68,8 +73,13 @@ def _size(n: int | None) -> str:
     return f"{n:.1f} TB"
 
 
+def _thumb_url(storage: str, path: str) -> str:
+    return f"{API_PREFIX}/videos/{quote(storage, safe='')}/{quote(path, safe='/')}/thumbnail?width=192"
+
+
 _ENV.filters.update(duration=_duration, when=_when, size=_size, pct=lambda v: f"{v:.0%}")
-_ENV.globals.update(file_url=file_url, qc_name=QC_NAME, states=[s.value for s in JobState], token_cookie=TOKEN_COOKIE,
+_ENV.globals.update(file_url=file_url, qc_name=QC_NAME, thumb_url=_thumb_url, token_cookie=TOKEN_COOKIE,
+                    states=[s.value for s in JobState],
                     active=[s.value for s in ACTIVE_STATES])
 
 
@@ -163,6 +173,19 @@ async def get_videos(store: StoreDep, agents: AgentsDep) -> HTMLResponse:
             })
         storages.append({"name": node.node, "folders": sorted(folders.items())})
     return _render("videos.html", since, page="videos", storages=storages, errors=sorted(errors.items()))
+
+
+@router.get("/stitches", response_class=HTMLResponse, include_in_schema=False)
+async def get_stitches(store: StoreDep, agents: AgentsDep) -> HTMLResponse:
+    since = await run_in_threadpool(store.last_event_id)
+    listed = await run_in_threadpool(stitches.list_all, store)
+    shown = list(reversed(listed))[:PAGE_STITCHES]
+    # Running ones are followed on read, and the residuals come from the node's report.
+    fresh = await asyncio.gather(*(stitches.get(store, agents, s.id) for s in shown), return_exceptions=True)
+    rows = [f if isinstance(f, StitchPublic) else s for s, f in zip(shown, fresh)]
+    done, _ = await run_in_threadpool(lambda: store.list_jobs(states=[JobState.done], limit=PAGE_JOBS * 2))
+    return _render("stitches.html", since, page="stitches", stitches=rows,
+                   done_jobs=await run_in_threadpool(_job_rows, store, done))
 
 
 @router.get("/static/{name}", include_in_schema=False)

@@ -285,6 +285,39 @@
     count();
   }
 
+  function stitchesPage() {
+    var stitchForm = document.getElementById("stitch-form");
+    var order = [];
+    function show() {
+      document.getElementById("stitch-order").textContent = order.length ? order.join(", ") : "none";
+    }
+    stitchForm.addEventListener("change", function (ev) {
+      if (!ev.target.classList.contains("stitch-pick")) return;
+      var id = parseInt(ev.target.value, 10);
+      order = order.filter(function (x) { return x !== id; });
+      if (ev.target.checked) order.push(id);
+      show();
+    });
+    stitchForm.addEventListener("submit", function (ev) {
+      ev.preventDefault();
+      if (order.length < 2) { notice("Tick at least two finished jobs.", true); return; }
+      var payload = { jobs: order, frames_per_job: Number(stitchForm.elements.frames_per_job.value) };
+      write("POST", "/api/v1/stitches", payload).then(function () { location.reload(); },
+        function (err) { notice("Stitch: " + err.message, true); });
+    });
+    // A running stitch is followed on read: ask the core, which asks the node.
+    setInterval(function () {
+      if (document.hidden) return;
+      Array.prototype.forEach.call(document.querySelectorAll("article.stitch"), function (card) {
+        if (["done", "failed", "cancelled"].indexOf(card.dataset.state) >= 0) return;
+        fetch("/api/v1/stitches/" + card.dataset.stitch).then(function (r) { return r.ok ? r.json() : null; })
+          .then(function (st) { if (st && st.state !== card.dataset.state) location.reload(); })
+          .catch(function () {});
+      });
+    }, POLL_MS);
+    show();
+  }
+
   // -- actions ---------------------------------------------------------------------------
   document.addEventListener("click", function (ev) {
     var button = ev.target.closest("button[data-action]");
@@ -315,9 +348,15 @@
       .then(function () { button.disabled = false; });
   });
 
+  // A thumbnail the storage node cannot make (no frame there, node down) is simply left out.
+  document.addEventListener("error", function (ev) {
+    if (ev.target.classList && ev.target.classList.contains("thumb")) ev.target.remove();
+  }, true);
+
   var page = body.dataset.page;
   if (page === "jobs" && table) jobsPage();
   else if (page === "jobs" && document.getElementById("job")) jobPage();
   else if (page === "overview") overviewPage();
   else if (page === "videos") videosPage();
+  else if (page === "stitches") stitchesPage();
 })();

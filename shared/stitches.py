@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 from shared.base import WireModel
 from shared.cameras import Matrix4
@@ -55,12 +55,19 @@ class StitchState(WireModel):
 class StitchCreate(WireModel):
     """``POST /api/v1/stitches`` on the core: finished jobs to merge; the first is the reference."""
 
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"jobs": [12, 15], "frames_per_job": 20}]})
+
     jobs: Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=2, max_length=16)]
     frames_per_job: Annotated[int, Field(ge=4, le=500)] = 20
 
 
 class StitchPublic(WireModel):
     """A stitch as the core shows it; ``report`` once the agent has made it."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
+        "id": 1, "state": "done", "node": "gpu-84", "job_ids": [12, 15], "message": "stitched 2 jobs",
+        "error": None, "files": ["stitch_1.ply", "stitch_1.json"], "report": None,
+        "created_at": "2026-11-29T10:00:00Z", "updated_at": "2026-11-29T10:04:00Z"}]})
 
     id: int
     state: str

@@ -255,13 +255,24 @@ class Scheduler:
     # -- 1. nodes ------------------------------------------------------------------------
 
     async def _poll_nodes(self, nodes: list[Node]) -> None:
+        """Poll the due nodes at once, record every answer in one transaction, then fence."""
         now = self.clock()
         due = [n for n in nodes if self._backoff.due(n.name, now)]
         # A node we back off from counts as not answering this tick.
         self._reachable = {n.name: n.last_error or "not answering" for n in nodes}
-        await asyncio.gather(*(self._poll_node(node, now) for node in due))
+        answers = await asyncio.gather(*(self._poll_node(node, now) for node in due))
+        await self._db(self.store.record_node_polls,
+                       [(node.name, status.model_dump(mode="json") if status else None, error)
+                        for node, (status, error) in zip(due, answers)], now=now)
+        fencing = [(node, status.jobs) for node, (status, error) in zip(due, answers)
+                   if status is not None and any(not j.state.final for j in status.jobs)]
+        if fencing:
+            ours = await self._db(self.store.jobs_by_id,
+                                  [j.job_id for _, reported in fencing for j in reported if not j.state.final])
+            await asyncio.gather(*(self._fence(node, reported, ours) for node, reported in fencing))
 
-    async def _poll_node(self, node: Node, now: datetime) -> None:
+    async def _poll_node(self, node: Node, now: datetime) -> tuple[AgentStatus | None, str | None]:
+        """Ask one node how it is: (its status if a gpu node, None) or (None, why it did not answer)."""
         try:
             if node.role == NodeRole.gpu:
                 status: AgentStatus | None = await self.agents.gpu_status(node.url)
@@ -276,23 +287,16 @@ class Scheduler:
                 log.error("node %s refused a status poll (a bug, or a wrong token/URL): %s", node.name, exc.message)
             elif node.state != NodeState.offline:
                 log.warning("node %s is offline: %s", node.name, exc.message)
-            await self._db(self.store.record_node_poll, node.name, now=now, error=exc.message)
-            return
+            return None, exc.message
         self._reachable[node.name] = None
         self._backoff.succeeded(node.name)
         if node.state != NodeState.online:
             log.info("node %s is online", node.name)
-        await self._db(self.store.record_node_poll, node.name, now=now,
-                       status=status.model_dump(mode="json") if status else None)
-        if status is not None:
-            await self._fence(node, status.jobs)
+        return status, None
 
-    async def _fence(self, node: Node, reported: list[AgentJob]) -> None:
+    async def _fence(self, node: Node, reported: list[AgentJob], ours: dict[int, Job]) -> None:
         """Stop jobs the agent runs that the core has since cancelled or moved elsewhere."""
         running = [j for j in reported if not j.state.final]
-        if not running:
-            return
-        ours = await self._db(self.store.jobs_by_id, [j.job_id for j in running])
         for report in running:
             job = ours.get(report.job_id)
             if job is None:
@@ -308,13 +312,25 @@ class Scheduler:
     # -- 2. placed jobs ------------------------------------------------------------------
 
     async def _poll_jobs(self, nodes: dict[str, Node]) -> None:
+        """Poll every placed job at once; the reports are applied in one transaction."""
         jobs = await self._db(self.store.active_jobs)
-        await asyncio.gather(*(self._poll_job(job, nodes.get(job.node)) for job in jobs))
+        reports = await asyncio.gather(*(self._poll_job(job, nodes.get(job.node)) for job in jobs))
+        current = [(job, report) for job, report in zip(jobs, reports) if report is not None]
+        if not current:
+            return
+        now = self.clock()
+        updated = await self._db(self.store.apply_reports, [(report, job.node) for job, report in current],
+                                 lease_s=self.settings.lease_s, now=now)
+        for job, _ in current:
+            if job.id in updated and updated[job.id].state != job.state:
+                log.info("job %d is %s on %s", job.id, updated[job.id].state.value, job.node)
 
-    async def _poll_job(self, job: Job, node: Node | None) -> None:
+    async def _poll_job(self, job: Job, node: Node | None) -> AgentJob | None:
+        """Poll one placed job; its agent's report when it is current (to apply), else None."""
         now = self.clock()
         if node is None:
-            return await self._requeue(job, f"node {job.node} was removed", now)
+            await self._requeue(job, f"node {job.node} was removed", now)
+            return None
         problem = self._reachable.get(node.name)
         if problem is None:
             try:
@@ -336,18 +352,17 @@ class Scheduler:
         elif job.message != f"no answer from {node.name}: {problem}":
             await self._db(self.store.note, job.id, f"no answer from {node.name}: {problem}",
                            node=node.name, attempt=job.attempt, now=now)
+        return None
 
-    async def _take_report(self, job: Job, node: Node, report: AgentJob, now: datetime) -> None:
+    async def _take_report(self, job: Job, node: Node, report: AgentJob, now: datetime) -> AgentJob | None:
         if report.attempt < job.attempt:  # it still runs an older attempt: replace it
             await self._push(job, node.name, node.url, now)
         elif report.attempt > job.attempt:
             log.error("node %s holds job %d at attempt %d, newer than the core's %d",
                       node.name, job.id, report.attempt, job.attempt)
         else:
-            updated = await self._db(self.store.apply_report, job.id, report, node=node.name,
-                                     lease_s=self.settings.lease_s, now=now)
-            if updated is not None and updated.state != job.state:
-                log.info("job %d is %s on %s", job.id, updated.state.value, node.name)
+            return report
+        return None
 
     async def _requeue(self, job: Job, reason: str, now: datetime) -> None:
         updated = await self._db(self.store.requeue, job.id, reason, node=job.node, attempt=job.attempt,
@@ -362,11 +377,19 @@ class Scheduler:
                                 lease_s=self.settings.lease_s, now=self.clock())
         if not placed:
             return
-        urls = {n.name: n.url for n in await self._db(self.store.list_nodes, NodeRole.gpu)}
         for job in placed:
             log.info("job %d (attempt %d, %s) placed on %s", job.id, job.attempt, job.placed_backend, job.node)
             self.metrics.placements.labels(job.node).inc()
-        await asyncio.gather(*(self._push(job, job.node, urls[job.node], self.clock()) for job in placed))
+        videos, nodes = await self._db(self._push_context, placed)
+        now = self.clock()
+        await asyncio.gather(*(self._push(job, job.node, nodes[job.node].url, now, videos=videos[job.id], nodes=nodes)
+                               for job in placed if job.node in nodes))
+
+    def _push_context(self, jobs: list[Job]) -> tuple[dict[int, list[JobVideo]], dict[str, Node]]:
+        """The videos of ``jobs`` and the nodes they involve (their gpu nodes, their storage), read once."""
+        videos = self.store.videos_of(j.id for j in jobs)
+        names = {j.node for j in jobs if j.node} | {v.storage for vs in videos.values() for v in vs}
+        return videos, self.store.nodes_by_name(names)
 
     def _plan(self, queued: list[Job], videos: dict[int, list[JobVideo]], nodes: list[Node],
               active: list[Job]) -> list[Decision]:
@@ -413,10 +436,15 @@ class Scheduler:
             self._last_placed = name
         return decisions
 
-    async def _push(self, job: Job, node: str, url: str, now: datetime) -> None:
-        """Send the job's spec to its node; a refused spec fails the job, a lost one is retried."""
-        videos = (await self._db(self.store.videos_of, [job.id]))[job.id]
-        storage = await self._db(self.store.nodes_by_name, [v.storage for v in videos])
+    async def _push(self, job: Job, node: str, url: str, now: datetime, *,
+                    videos: list[JobVideo] | None = None, nodes: dict[str, Node] | None = None) -> None:
+        """Send the job's spec to its node; a refused spec fails the job, a lost one is retried.
+
+        ``videos`` and ``nodes`` (storage nodes by name, at least) are read here unless given.
+        """
+        if videos is None:
+            videos = (await self._db(self.store.videos_of, [job.id]))[job.id]
+        storage = nodes if nodes is not None else await self._db(self.store.nodes_by_name, [v.storage for v in videos])
         gone = sorted({v.storage for v in videos} - set(storage))
         if gone:
             await self._db(self.store.fail, job.id, f"storage node {gone[0]} no longer exists",

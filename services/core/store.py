@@ -224,22 +224,51 @@ class Store:
         self, name: str, *, now: datetime, status: dict[str, Any] | None = None, error: str | None = None
     ) -> None:
         """A poll of the node succeeded (``error`` None: online, ``status`` kept) or failed."""
+        self.record_node_polls([(name, status, error)], now=now)
+
+    def record_node_polls(
+        self, polls: Iterable[tuple[str, dict[str, Any] | None, str | None]], *, now: datetime
+    ) -> None:
+        """The node polls of one tick, ``(name, status, error)`` each, in one transaction.
+
+        Same rules as :meth:`record_node_poll`; nodes removed meanwhile are skipped. Only
+        the columns that change are written, and nothing for a node where nothing does.
+        """
+        polls = list(polls)
+        if not polls:
+            return
+        nodes_t = Node.__table__
         with self.session() as session:
-            node = session.exec(select(Node).where(Node.name == name)).first()
-            if node is None:  # removed while we polled it
-                return
-            was = node.state
-            if error is None:
-                node.state, node.last_seen, node.last_error, node.offline_since = NodeState.online, now, None, None
-                if status is not None:
-                    node.last_status = status
-            else:
-                if node.state != NodeState.offline:
-                    node.offline_since = now
-                node.state, node.last_error = NodeState.offline, error
-            session.add(node)
-            if node.state != was:
-                session.add(_node_event(node, now))
+            conn = session.connection()
+            rows = {row.name: row for row in conn.execute(
+                sa.select(nodes_t).where(nodes_t.c.name.in_([p[0] for p in polls])).order_by(nodes_t.c.name)
+            ).mappings()}
+            updates: dict[frozenset, list[dict]] = {}
+            events = []
+            for name, status, error in polls:
+                row = rows.get(name)
+                if row is None:  # removed while we polled it
+                    continue
+                if error is None:
+                    new = {"state": NodeState.online, "last_seen": now, "last_error": None, "offline_since": None}
+                    if status is not None:
+                        new["last_status"] = status
+                else:
+                    new = {"state": NodeState.offline, "last_error": error}
+                    if row["state"] != NodeState.offline:
+                        new["offline_since"] = now
+                changed = {k: v for k, v in new.items() if row[k] != v}
+                if not changed:
+                    continue
+                updates.setdefault(frozenset(changed), []).append(
+                    {"b_id": row["id"], **{f"v_{k}": v for k, v in changed.items()}})
+                if new["state"] != row["state"]:
+                    node = Node(**{**row, **changed})
+                    events.append(_node_event(node, now))
+            for columns, params in updates.items():  # one executemany per set of changed columns
+                conn.execute(nodes_t.update().where(nodes_t.c.id == sa.bindparam("b_id"))
+                             .values({c: sa.bindparam(f"v_{c}") for c in columns}), params)
+            session.add_all(events)
             session.commit()
 
     # -- jobs: reads ---------------------------------------------------------------------
@@ -260,16 +289,7 @@ class Store:
         ``text`` matches the message, error or recording (case-insensitive) or any video
         path; ``before_id`` is the cursor: only jobs older than that id.
         """
-        where = []
-        if states:
-            where.append(col(Job.state).in_(list(states)))
-        if node:
-            where.append(Job.node == node)
-        if text:
-            pattern = f"%{text.lower()}%"
-            in_videos = select(JobVideo.job_id).where(func.lower(JobVideo.path).like(pattern))
-            where.append(or_(func.lower(Job.message).like(pattern), func.lower(Job.error).like(pattern),
-                             func.lower(Job.recording).like(pattern), col(Job.id).in_(in_videos)))
+        where = _job_filters(states, node, text)
         page = [*where, Job.id < before_id] if before_id is not None else where
         with self.session() as session:
             total = session.exec(select(func.count()).select_from(Job).where(*where)).one()
@@ -277,6 +297,32 @@ class Store:
                 select(Job).where(*page).order_by(col(Job.id).desc()).offset(offset).limit(limit)
             ).all()
         return list(rows), int(total)
+
+    def list_job_rows(
+        self, *, states: Iterable[JobState] | None = None, node: str | None = None, text: str | None = None,
+        before_id: int | None = None, limit: int = 100, offset: int = 0,
+    ) -> tuple[list[dict[str, Any]], int]:
+        """:meth:`list_jobs` as plain dicts (every column, and ``videos``: ``(storage, path)``
+        in order), read in one transaction without building ORM objects: what the API lists."""
+        jobs = Job.__table__
+        videos_t = JobVideo.__table__
+        where = _job_filters(states, node, text)
+        page = [*where, jobs.c.id < before_id] if before_id is not None else where
+        with self.engine.connect() as conn:
+            total = conn.execute(sa.select(func.count()).select_from(jobs).where(*where)).scalar_one()
+            rows = [dict(row) for row in conn.execute(
+                sa.select(jobs).where(*page).order_by(jobs.c.id.desc()).offset(offset).limit(limit)
+            ).mappings().all()]
+            by_id = {row["id"]: row for row in rows}
+            for row in rows:
+                row["videos"] = []
+            if by_id:
+                for job_id, storage, path in conn.execute(
+                    sa.select(videos_t.c.job_id, videos_t.c.storage, videos_t.c.path)
+                    .where(videos_t.c.job_id.in_(list(by_id))).order_by(videos_t.c.job_id, videos_t.c.position)
+                ).all():
+                    by_id[job_id]["videos"].append((storage, path))
+        return rows, int(total)
 
     def queued_jobs(self) -> list[Job]:
         """Queued jobs in the order placement takes them: priority, then oldest first."""
@@ -374,27 +420,28 @@ class Store:
         In one transaction: lock the node rows (placement is serialized across core
         processes, so capacity is counted once), then the queued jobs no one else holds
         (``SKIP LOCKED``), read the active jobs fresh, and write the decisions. Jobs are read
-        as plain rows (:class:`JobRow`): building ORM objects for thousands of queued jobs
-        would cost more than the whole decision.
+        as plain rows (:class:`JobRow`, the columns placement uses): building ORM objects for
+        thousands of queued jobs would cost more than the whole decision.
         """
         jobs = Job.__table__
         with self.session() as session:
             nodes = list(session.exec(select(Node).order_by(Node.name).with_for_update(of=Node)).all())
             conn = session.connection()
+            columns = [jobs.c[name] for name in JobRow.COLUMNS]
             queued = [JobRow(row) for row in conn.execute(
-                sa.select(jobs).where(jobs.c.state == JobState.queued)
+                sa.select(*columns).where(jobs.c.state == JobState.queued)
                 .order_by(jobs.c.priority.desc(), jobs.c.id).limit(batch).with_for_update(skip_locked=True)
-            ).mappings()]
+            ).all()]
             if not queued:
                 session.rollback()
                 return []
             active = [JobRow(row) for row in conn.execute(
-                sa.select(jobs).where(jobs.c.state.in_(ACTIVE_STATES))).mappings()]
+                sa.select(*columns).where(jobs.c.state.in_(ACTIVE_STATES))).all()]
             videos: dict[int, list] = {j.id: [] for j in queued}
             ids = list(videos)
             for start in range(0, len(ids), 5000):
                 for row in conn.execute(sa.select(JobVideo.__table__.c.job_id, JobVideo.__table__.c.storage)
-                                        .where(JobVideo.__table__.c.job_id.in_(ids[start:start + 5000]))):
+                                        .where(JobVideo.__table__.c.job_id.in_(ids[start:start + 5000]))).all():
                     videos[row.job_id].append(row)
             by_id = {j.id: j for j in queued}
             placed, waiting = [], []
@@ -418,7 +465,10 @@ class Store:
                 conn.execute(jobs.update().where(jobs.c.id == sa.bindparam("b_id"))
                              .values(message=sa.bindparam("message"), updated_at=now), waiting)
             session.commit()
-        return [self.jobs_by_id(placed)[i] for i in placed] if placed else []
+        if not placed:
+            return []
+        by_id = self.jobs_by_id(placed)
+        return [by_id[i] for i in placed]
 
     def assign(self, job_id: int, *, attempt: int, node: str, lease_s: float, now: datetime,
                gpu_index: int | None = None, backend: str | None = None) -> Job | None:
@@ -446,24 +496,50 @@ class Store:
         self, job_id: int, report: AgentJob, *, node: str, lease_s: float, now: datetime
     ) -> Job | None:
         """Copy what the agent says about its (current-attempt) job; renews the lease."""
-        def change(job: Job) -> None:
-            state = report.state if report.state not in (JobState.queued, JobState.assigned) else JobState.assigned
-            if report.stage == job.stage and state == job.state:
-                job.progress = max(job.progress, report.progress)  # never backwards within a stage
-            else:
-                job.progress = report.progress
-            job.state, job.stage, job.message = state, report.stage, report.message
-            job.files = list(report.files)
-            if state in (JobState.extracting, JobState.reconstructing) and job.started_at is None:
-                job.started_at = now
-            if state.final:
-                job.finished_at, job.lease_expires_at = now, None
-                if state == JobState.failed:
-                    job.error = report.error or f"{node} reported the job failed without a reason"
-            else:
-                job.lease_expires_at = now + timedelta(seconds=lease_s)
+        return self._change(job_id, ACTIVE_STATES, _report_change(report, node, lease_s, now),
+                            node=node, attempt=report.attempt, now=now)
 
-        return self._change(job_id, ACTIVE_STATES, change, node=node, attempt=report.attempt, now=now)
+    def apply_reports(
+        self, reports: Iterable[tuple[AgentJob, str]], *, lease_s: float, now: datetime
+    ) -> dict[int, Job]:
+        """:meth:`apply_report` for every ``(report, node)`` a tick polled, in one transaction.
+
+        Each report is applied compare-and-set as on its own (the job must still be placed on
+        that node at that attempt); returns the jobs changed, by id.
+        """
+        return self._change_many(
+            [(r.job_id, ACTIVE_STATES, _report_change(r, node, lease_s, now), node, r.attempt) for r, node in reports],
+            now=now)
+
+    def _change_many(
+        self, changes: list[tuple[int, Iterable[JobState], Callable[[Job], None], str | None, int]], *,
+        now: datetime,
+    ) -> dict[int, Job]:
+        """:meth:`_change` for many jobs, ``(job_id, states, change, node, attempt)`` each, in one
+        transaction (rows locked in id order); the changed jobs by id."""
+        if not changes:
+            return {}
+        ids = sorted({c[0] for c in changes})
+        changed: dict[int, Job] = {}
+        with self.session() as session:
+            jobs: dict[int, Job] = {}
+            for start in range(0, len(ids), 5000):  # stay under the databases' bound-parameter limits
+                jobs.update((j.id, j) for j in session.exec(
+                    select(Job).where(col(Job.id).in_(ids[start:start + 5000])).order_by(col(Job.id)).with_for_update()
+                ).all())
+            for job_id, states, change, node, attempt in changes:
+                job = jobs.get(job_id)
+                if job is None or job.state not in tuple(states) or job.node != node or job.attempt != attempt:
+                    continue
+                before = (job.state, job.node, job.attempt)
+                change(job)
+                job.updated_at = now
+                session.add(job)
+                if (job.state, job.node, job.attempt) != before:
+                    session.add(_job_event(job, now))
+                changed[job_id] = job
+            session.commit()
+        return changed
 
     def note(self, job_id: int, message: str, *, node: str, attempt: int, now: datetime) -> Job | None:
         """Record why a poll failed, without renewing the lease."""
@@ -564,15 +640,59 @@ class Store:
         return job
 
 
-class JobRow:
-    """A job read as a plain row, for placement: the columns as attributes, nothing more."""
+def _report_change(report: AgentJob, node: str, lease_s: float, now: datetime) -> Callable[[Job], None]:
+    """What applying an agent's report does to its job (see :meth:`Store.apply_report`)."""
+    def change(job: Job) -> None:
+        state = report.state if report.state not in (JobState.queued, JobState.assigned) else JobState.assigned
+        if report.stage == job.stage and state == job.state:
+            job.progress = max(job.progress, report.progress)  # never backwards within a stage
+        else:
+            job.progress = report.progress
+        job.state, job.stage, job.message = state, report.stage, report.message
+        job.files = list(report.files)
+        if state in (JobState.extracting, JobState.reconstructing) and job.started_at is None:
+            job.started_at = now
+        if state.final:
+            job.finished_at, job.lease_expires_at = now, None
+            if state == JobState.failed:
+                job.error = report.error or f"{node} reported the job failed without a reason"
+        else:
+            job.lease_expires_at = now + timedelta(seconds=lease_s)
 
-    def __init__(self, row):
-        self.__dict__.update(row)
+    return change
+
+
+class JobRow:
+    """A job read as a plain row, for placement: the columns placement uses, as attributes.
+
+    Only :attr:`COLUMNS` are read (no timestamps, no JSON): decoding those for thousands of
+    queued jobs on every tick cost more than the decision itself.
+    """
+
+    COLUMNS = ("id", "state", "node", "gpu_index", "backend", "run_backend", "frames_estimate", "width",
+               "cpu_fallback", "priority", "message", "error", "attempt", "retry_base")
+
+    def __init__(self, row):  # a row of COLUMNS, in that order
+        self.__dict__.update(zip(self.COLUMNS, row))
 
     @property
     def placed_backend(self) -> str:
         return self.run_backend or self.backend
+
+
+def _job_filters(states: Iterable[JobState] | None, node: str | None, text: str | None) -> list:
+    """The WHERE clauses of a job listing (see :meth:`Store.list_jobs`)."""
+    where = []
+    if states:
+        where.append(col(Job.state).in_(list(states)))
+    if node:
+        where.append(Job.node == node)
+    if text:
+        pattern = f"%{text.lower()}%"
+        in_videos = select(JobVideo.job_id).where(func.lower(JobVideo.path).like(pattern))
+        where.append(or_(func.lower(Job.message).like(pattern), func.lower(Job.error).like(pattern),
+                         func.lower(Job.recording).like(pattern), col(Job.id).in_(in_videos)))
+    return where
 
 
 def _videos_of(session: Session, job_ids: Iterable[int]) -> dict[int, list[JobVideo]]:

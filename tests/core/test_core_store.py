@@ -162,3 +162,89 @@ def test_placement_is_serialized_across_processes_on_postgresql(store, url):
     assert [j.id for j in placed["slow"]] == [first.id] and placed["fast"] == []
     assert seen_active["fast"] == [first.id]  # it waited, then saw the first placement
     assert store.get_job(second.id).state == JobState.queued
+
+
+def test_node_polls_of_a_tick_are_recorded_in_one_call_with_events_on_changes_only(store):
+    for name in ("g1", "g2", "g3"):
+        store.add_node(name=name, role=NodeRole.gpu, url=f"http://{name}")
+    store.add_node(name="st", role=NodeRole.storage, url="http://st")
+    now = utcnow()
+    store.record_node_polls([("g1", {"node_id": "g1"}, None), ("g2", None, "refused"), ("st", None, None),
+                             ("gone", None, "x")], now=now)  # "gone": removed meanwhile, ignored
+    nodes = {n.name: n for n in store.list_nodes()}
+    assert (nodes["g1"].state, nodes["g1"].last_seen, nodes["g1"].last_status) == (NodeState.online, now, {"node_id": "g1"})
+    assert (nodes["g2"].state, nodes["g2"].offline_since, nodes["g2"].last_error) == (NodeState.offline, now, "refused")
+    assert (nodes["st"].state, nodes["st"].last_status) == (NodeState.online, None)
+    assert nodes["g3"].state == NodeState.unknown  # not polled this tick: untouched
+    first = store.last_event_id()
+    later = now + timedelta(seconds=5)
+    store.record_node_polls([("g1", {"node_id": "g1", "x": 1}, None), ("g2", None, "still refused"),
+                             ("st", None, None)], now=later)
+    nodes = {n.name: n for n in store.list_nodes()}
+    assert (nodes["g1"].last_seen, nodes["g1"].last_status) == (later, {"node_id": "g1", "x": 1})
+    assert (nodes["g2"].offline_since, nodes["g2"].last_error) == (now, "still refused")  # offline since the first
+    assert store.events_after(first) == []  # no state changed: no event
+    store.record_node_polls([("g2", {"node_id": "g2"}, None), ("g1", None, "timeout")], now=later)
+    nodes = {n.name: n for n in store.list_nodes()}
+    assert (nodes["g2"].state, nodes["g2"].offline_since, nodes["g2"].last_error) == (NodeState.online, None, None)
+    assert (nodes["g1"].state, nodes["g1"].offline_since, nodes["g1"].last_seen) == (NodeState.offline, later, later)
+    assert sorted((e.node, e.state, e.message) for e in store.events_after(first)) == [
+        ("g1", "offline", "timeout"), ("g2", "online", "")]
+
+
+def test_reports_of_a_tick_are_applied_in_one_call_compare_and_set_each(store):
+    now = utcnow()
+    jobs = [store.create_job(videos=[("st", f"{i}.MP4")], backend="colmap", fps=2, width=640, max_frames=None)
+            for i in range(4)]
+    for job in jobs:
+        store.assign(job.id, attempt=1, node="g1", lease_s=30, now=now)
+    a, b, c, d = (j.id for j in jobs)
+    later = now + timedelta(seconds=10)
+    changed = store.apply_reports([
+        (report(a, JobState.extracting, "extracting", 0.5), "g1"),
+        (report(b, JobState.extracting, "extracting", 0.5), "g2"),  # not its node
+        (report(c, JobState.extracting, "extracting", 0.5, attempt=2), "g1"),  # not its attempt
+        (report(d, JobState.done, "done", 1.0, files=["reconstruction.ply"]), "g1"),
+    ], lease_s=30, now=later)
+    assert sorted(changed) == [a, d]
+    got = store.jobs_by_id([a, b, c, d])
+    assert (got[a].state, got[a].progress, got[a].started_at, got[a].lease_expires_at, got[a].updated_at) == (
+        JobState.extracting, 0.5, later, later + timedelta(seconds=30), later)
+    assert (got[b].state, got[b].lease_expires_at) == (JobState.assigned, now + timedelta(seconds=30))
+    assert (got[c].state, got[c].updated_at) == (JobState.assigned, now)
+    assert (got[d].state, got[d].files, got[d].finished_at, got[d].lease_expires_at) == (
+        JobState.done, ["reconstruction.ply"], later, None)
+    assert [e.state for e in store.job_events(a)] == ["queued", "assigned", "extracting"]
+    assert [e.state for e in store.job_events(b)] == ["queued", "assigned"]
+    # The same report again: lease renewed, progress never backwards, no new event.
+    again = later + timedelta(seconds=10)
+    store.apply_reports([(report(a, JobState.extracting, "extracting", 0.25), "g1")], lease_s=30, now=again)
+    job = store.get_job(a)
+    assert (job.progress, job.lease_expires_at) == (0.5, again + timedelta(seconds=30))
+    assert len(store.job_events(a)) == 3
+    assert store.apply_reports([], lease_s=30, now=again) == {}
+
+
+def test_plain_job_rows_list_what_the_orm_lists(store):
+    from services.core.models import JobPublic
+
+    now = utcnow()
+    jobs = []
+    for i in range(7):
+        jobs.append(job := store.create_job(videos=[("st", f"dir/GX0{i}.MP4"), ("nas", f"b{i}.MP4")], backend="colmap", fps=2,
+                               width=640, max_frames=None, recording="GX0042" if i == 3 else None))
+        if i % 2:
+            store.assign(job.id, attempt=1, node=f"g{i % 3}", lease_s=30, now=now)
+    done = store.apply_report(jobs[5].id, report(jobs[5].id, JobState.done, "done", 1.0, files=["a b.ply"]),
+                              node="g2", lease_s=30, now=now)
+    assert done.files == ["a b.ply"]
+    cases = [{}, {"limit": 3}, {"limit": 3, "before_id": 5}, {"limit": 2, "offset": 3},
+             {"states": [JobState.assigned]}, {"node": "g1"}, {"text": "gx03"}, {"text": "GX0042"},
+             {"states": [JobState.queued], "text": "B4"}, {"text": "nothing"}]
+    for case in cases:
+        jobs, count = store.list_jobs(**case)
+        rows, row_count = store.list_job_rows(**case)
+        videos = store.videos_of(j.id for j in jobs)
+        assert row_count == count, case
+        assert [JobPublic.model_validate(JobPublic.row_dict(r)) for r in rows] == [
+            JobPublic.of(j, videos[j.id]) for j in jobs], case

@@ -62,10 +62,12 @@ def list_jobs(
     offset: Annotated[int, Query(ge=0, le=10_000_000, description="page by offset (or by cursor)")] = 0,
 ) -> JobsPublic:
     """Jobs, newest first, filtered by state, node and text; paged by cursor or offset."""
-    jobs, count = store.list_jobs(states=state, node=node, text=q, before_id=cursor, limit=limit, offset=offset)
-    videos = store.videos_of(j.id for j in jobs)
-    next_cursor = jobs[-1].id if len(jobs) == limit else None
-    return JobsPublic(jobs=[JobPublic.of(j, videos[j.id]) for j in jobs], count=count, next_cursor=next_cursor)
+    # Plain rows, one read, one validation of the whole page: ORM objects and a model per job
+    # cost most of a list's time (bench/RESULTS.md, "API under load").
+    rows, count = store.list_job_rows(states=state, node=node, text=q, before_id=cursor, limit=limit, offset=offset)
+    next_cursor = rows[-1]["id"] if len(rows) == limit else None
+    return JobsPublic.model_validate(
+        {"jobs": [JobPublic.row_dict(r) for r in rows], "count": count, "next_cursor": next_cursor})
 
 
 @router.get("/{job_id}")

@@ -43,3 +43,10 @@ if [ "${COSMA_SKIP_TORCH:-0}" != 1 ] && ! .venv/bin/python -c "import torch" 2>/
   echo "setup: installing torch (CPU) for the lingbot adapter's tests"
   .venv/bin/python -m pip install -q torch==2.13.0 2>&1 | grep -v WARNING || true
 fi
+
+# Test-only: the Khronos glTF validator (npm) checks the GLB exports. No lock file is kept
+# (it would name the registry); package.json pins the exact version.
+if command -v npm >/dev/null && [ ! -d tests/tools/node_modules/gltf-validator ]; then
+  echo "setup: installing the glTF validator for the tests (npm)"
+  npm install --prefix tests/tools --no-package-lock --no-audit --no-fund --silent
+fi

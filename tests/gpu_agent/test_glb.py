@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import io
 import json
+from pathlib import Path
 import os
 import struct
 
@@ -133,3 +134,32 @@ def test_build_glb_without_cameras_has_points_only(tmp_path):
     scene = load_scene(build_glb(job_dir, GlbOptions()).read_bytes())
     assert [len(g.vertices) for g in scene.geometry.values()] == [50]
     assert np.isfinite(scene.bounds).all()
+
+
+def khronos_validate(path: Path) -> dict:
+    """The Khronos glTF validator's report (tests/tools, from the npm registry, set up by make setup)."""
+    import os
+    import shutil
+    import subprocess
+
+    tools = Path(__file__).resolve().parents[1] / "tools"
+    node = shutil.which("node")
+    if node is None or not (tools / "node_modules" / "gltf-validator").is_dir():
+        reason = "the Khronos glTF validator is not installed (node and `npm install --prefix tests/tools`)"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    out = subprocess.run([node, str(tools / "validate_gltf.mjs"), str(path)], capture_output=True, text=True,
+                         timeout=120, check=True)
+    return json.loads(out.stdout)
+
+
+@pytest.mark.parametrize("query", [{}, {"safe": "true"}, {"frustums": "false", "max_points": "100"}])
+def test_every_glb_variant_passes_the_khronos_validator(agent, tmp_path, query):
+    url, _ = agent
+    resp = httpx.get(f"{url}/jobs/1/reconstruction.glb", params=query, headers=AUTH, timeout=60)
+    assert resp.status_code == 200, resp.text
+    (tmp_path / "out.glb").write_bytes(resp.content)
+    report = khronos_validate(tmp_path / "out.glb")
+    assert report["issues"]["numErrors"] == 0, report["issues"]["messages"][:5]
+    assert report["info"]["version"] == "2.0"

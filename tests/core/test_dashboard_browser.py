@@ -73,7 +73,7 @@ def test_overview_and_a_job_that_updates_live_in_the_jobs_table(browser, cluster
     page.close()
 
 
-def test_cancel_from_the_job_page_asks_for_the_token_once(browser, cluster, shots):
+def test_cancel_retry_delete_from_the_job_page_asking_for_the_token_once(browser, cluster, shots):
     browser.clear_cookies()
     job_id = cluster.submit()
     cluster.wait_placed(job_id)
@@ -92,6 +92,15 @@ def test_cancel_from_the_job_page_asks_for_the_token_once(browser, cluster, shot
     assert cluster.job(job_id)["state"] == "cancelled" and job_id in cluster.gpu.deletes
     timeline = page.locator(".timeline li")
     expect(timeline.last).to_contain_text("cancelled")
+
+    page.click("button[data-action='retry']")  # the cookie is kept: no question this time
+    expect(page.locator("#job-state")).not_to_have_text("cancelled")
+    assert cluster.job(job_id)["attempt"] == 2
+    page.once("dialog", lambda d: d.accept())  # "Delete job N and its files on the gpu node?"
+    page.click("button[data-action='delete']")
+    page.wait_for_url(f"{cluster.url}/jobs")
+    expect(page.locator(f"#job-{job_id}")).to_have_count(0)
+    assert cluster.api.get(f"/api/v1/jobs/{job_id}").status_code == 404
     page.close()
 
 
@@ -105,6 +114,10 @@ def test_a_hostile_file_name_is_text_and_submits_from_the_videos_page(browser, c
     expect(hostile).to_have_text(HOSTILE)
     expect(page.locator("td.what", has_text="100GOPRO/GX0042")).to_be_visible()  # chapters as one recording
     assert page.locator("img:not(.thumb)").count() == 0
+    page.set_viewport_size(PHONE)
+    assert no_horizontal_overflow(page)
+    page.screenshot(path=shots / "videos-phone.png", full_page=True)
+    page.set_viewport_size(LAPTOP)
 
     page.locator("tr", has=hostile).locator("input.pick").check()
     page.fill("input[name=fps]", "1")

@@ -33,6 +33,7 @@ async def test_the_page_lists_jobs_and_nodes_with_everything_escaped(tmp_path):
         overview = await client.get("/")
         assert overview.status_code == 200 and overview.headers["content-type"].startswith("text/html")
         assert "g1" in overview.text and "<img" not in overview.text
+        assert "script-src 'self';" in overview.headers["content-security-policy"]
 
         for url in ("/jobs", f"/jobs/{job.id}", f"/jobs/rows?id={job.id}"):
             page = (await client.get(url)).text

@@ -120,14 +120,20 @@ def test_a_hostile_file_name_is_text_and_submits_from_the_videos_page(browser, c
     page.set_viewport_size(LAPTOP)
 
     page.locator("tr", has=hostile).locator("input.pick").check()
+    page.check("input.pick-file[data-path='100GOPRO/GX020042.MP4']")  # one chapter on its own
     page.fill("input[name=fps]", "1")
     page.fill("input[name=max_frames]", "5")
+    expect(page.locator("#selected-count")).to_have_text("2")
     page.click("#submit-jobs")  # the token is in the cookie already: no question
-    link = page.locator("#submitted a")
-    expect(link).to_contain_text(HOSTILE)
-    job_id = int(link.inner_text().split(":")[0].split()[1])
+    links = page.locator("#submitted a")
+    expect(links).to_have_count(2)
+    ids = {text.split(":", 1)[1].rsplit(" (", 1)[0].strip(): int(text.split(":")[0].split()[1])
+           for text in links.all_inner_texts()}
+    assert sorted(ids) == sorted([HOSTILE, "100GOPRO/GX020042.MP4"])
+    job_id, chapter_job = ids[HOSTILE], ids["100GOPRO/GX020042.MP4"]
     job = cluster.job(job_id)
     assert job["videos"] == [{"storage": "st", "path": HOSTILE}] and job["fps"] == 1 and job["max_frames"] == 5
+    assert cluster.job(chapter_job)["videos"] == [{"storage": "st", "path": "100GOPRO/GX020042.MP4"}]
 
     page.click("nav >> text=Jobs")
     expect(page.locator(f"#job-{job_id} td.what")).to_have_text(HOSTILE)
@@ -135,8 +141,9 @@ def test_a_hostile_file_name_is_text_and_submits_from_the_videos_page(browser, c
     expect(page.locator("ol.videos li")).to_have_text(f"st: {HOSTILE}")
     assert page.locator("img").count() == 0 and dialogs == []
     page.close()
-    assert cluster.api.post(f"/api/v1/jobs/{job_id}/cancel",
-                            headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
+    for done_with in (job_id, chapter_job):
+        assert cluster.api.post(f"/api/v1/jobs/{done_with}/cancel",
+                                headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
 
 
 def test_the_job_page_shows_the_qc_verdict_its_reasons_and_plots(browser, cluster, shots):

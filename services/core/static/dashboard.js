@@ -237,7 +237,7 @@
   function videosPage() {
     var submitForm = document.getElementById("submit-form");
     var out = document.getElementById("submitted");
-    function picked() { return submitForm.querySelectorAll("input.pick:checked"); }
+    function picked() { return submitForm.querySelectorAll("input.pick:checked, input.pick-file:checked"); }
     function count() { document.getElementById("selected-count").textContent = String(picked().length); }
     submitForm.addEventListener("change", function (ev) {
       if (ev.target.classList.contains("select-all")) {
@@ -264,19 +264,21 @@
     submitForm.addEventListener("submit", function (ev) {
       ev.preventDefault();
       var boxes = Array.prototype.slice.call(picked());
-      if (!boxes.length) { notice("Select one or more recordings first.", true); return; }
+      if (!boxes.length) { notice("Select one or more recordings or files first.", true); return; }
       var params = { fps: num("fps"), width: num("width"), max_frames: num("max_frames"),
                      backend: submitForm.elements.backend.value, priority: num("priority") || 0,
                      cpu_fallback: submitForm.elements.cpu_fallback.checked };
       var chain = Promise.resolve();
       boxes.forEach(function (box) {
-        var ref = { storage: box.dataset.storage, id: box.dataset.recording };
+        var what = box.dataset.recording !== undefined
+          ? { name: box.dataset.recording, body: { recording: { storage: box.dataset.storage, id: box.dataset.recording } } }
+          : { name: box.dataset.path, body: { videos: [{ storage: box.dataset.storage, path: box.dataset.path }] } };
         chain = chain.then(function () {
-          return write("POST", "/api/v1/jobs", Object.assign({ recording: ref }, params)).then(function (job) {
+          return write("POST", "/api/v1/jobs", Object.assign(what.body, params)).then(function (job) {
             box.checked = false;
-            report("job " + job.id + ": " + ref.id + " (" + job.state + ")", "/jobs/" + job.id, false);
+            report("job " + job.id + ": " + what.name + " (" + job.state + ")", "/jobs/" + job.id, false);
           }, function (err) {
-            report(ref.id + ": " + err.message, null, true);
+            report(what.name + ": " + err.message, null, true);
           });
         });
       });

@@ -51,7 +51,7 @@ async def create_job(body: JobCreate, store: StoreDep, agents: AgentsDep) -> Job
 
 
 @router.get("")
-def list_jobs(
+async def list_jobs(
     store: StoreDep,
     state: Annotated[list[JobState] | None, Query(description="only jobs in these states")] = None,
     node: Annotated[str | None, Query(max_length=64, description="only jobs placed on this node")] = None,
@@ -64,7 +64,10 @@ def list_jobs(
     """Jobs, newest first, filtered by state, node and text; paged by cursor or offset."""
     # Plain rows, one read, one validation of the whole page: ORM objects and a model per job
     # cost most of a list's time (bench/RESULTS.md, "API under load").
-    rows, count = store.list_job_rows(states=state, node=node, text=q, before_id=cursor, limit=limit, offset=offset)
+    # An async route with one trip to the thread pool (a sync route takes three: the call, and
+    # the response's validation and serialization).
+    rows, count = await run_in_threadpool(store.list_job_rows, states=state, node=node, text=q, before_id=cursor,
+                                          limit=limit, offset=offset)
     next_cursor = rows[-1]["id"] if len(rows) == limit else None
     return JobsPublic.model_validate(
         {"jobs": [JobPublic.row_dict(r) for r in rows], "count": count, "next_cursor": next_cursor})

@@ -11,7 +11,9 @@ sends ``--requests`` of each kind with ``--concurrency`` clients:
 
     .venv/bin/python bench/core/bench_api.py [--db sqlite|postgresql] [--stored 10000]
 
-Prints one JSON line per kind: p50/p95/p99 latency (ms) and requests per second.
+Prints one JSON line per kind: p50/p95/p99 latency (ms), requests per second, and the core
+process's CPU time per request (``server_cpu_ms``, from /proc: what a request costs the
+server, whatever else loads the machine). A baseline runs the same script from its checkout.
 """
 
 from __future__ import annotations
@@ -69,6 +71,12 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def load(base: str, kind: str, requests: int, concurrency: int) -> dict:
@@ -131,7 +139,9 @@ def main() -> None:
                     except httpx.HTTPError:
                         time.sleep(0.1)
                 for kind in ("list", "list_filtered", "list_cursor", "create"):
+                    cpu_before = cpu_seconds(core.pid)
                     result = asyncio.run(load(base, kind, args.requests, args.concurrency))
+                    result["server_cpu_ms"] = round((cpu_seconds(core.pid) - cpu_before) * 1000 / args.requests, 2)
                     print(json.dumps({"db": args.db, "stored": args.stored, **result}), flush=True)
             finally:
                 core.terminate()

@@ -27,6 +27,7 @@ from shared.auth import BearerAuth
 from shared.jobs import JobState
 from shared.errors import NotFound
 from shared.stitches import StitchSpec, StitchState
+from shared.videos import RootStatus, StorageStatus
 
 from services.core.app import create_app
 
@@ -121,6 +122,21 @@ class DashboardGpuAgent(FakeGpuAgent):
         return app
 
 
+class DashboardStorageAgent(FakeStorageAgent):
+    """FAKE storage agent that also reports its disks (``GET /status``)."""
+
+    def build_app(self) -> FastAPI:
+        app = super().build_app()
+
+        @app.get("/status", dependencies=[Depends(BearerAuth(TOKEN))])
+        def get_status() -> StorageStatus:
+            root = RootStatus(index=0, path="/mnt/portablessd", disk_total_mib=1_000_000, disk_free_mib=250_000)
+            return StorageStatus(node_id="st", roots=[root], cpu_load_1m=0.5, cpu_count=8,
+                                 extractions_running=1, extractions_max=2)
+
+        return app
+
+
 @dataclass
 class Cluster:
     url: str
@@ -163,7 +179,7 @@ def cluster(tmp_path_factory) -> Iterator[Cluster]:
     """A core on loopback with its scheduler ticking fast, one FAKE gpu agent and one FAKE
     storage agent (two GoPro chapters and a file with a hostile name)."""
     gpu = DashboardGpuAgent("gpu-1", gpus_free_mib=[20_000]).start()
-    storage = FakeStorageAgent(videos=[video("100GOPRO/GX010042.MP4"), video("100GOPRO/GX020042.MP4"),
+    storage = DashboardStorageAgent(videos=[video("100GOPRO/GX010042.MP4"), video("100GOPRO/GX020042.MP4"),
                                        video(HOSTILE)]).start()
     settings = core_settings(tmp_path_factory.mktemp("core"), scheduler_enabled=True, tick_interval_s=0.2)
     try:

@@ -40,7 +40,10 @@ def test_overview_and_a_job_that_updates_live_in_the_jobs_table(browser, cluster
     expect(gpu_card.locator(".state")).to_have_text("online")  # refreshed live once the scheduler polled it
     expect(gpu_card).to_contain_text("FAKE GPU")
     expect(gpu_card).to_contain_text("VRAM 4576 MiB used / 20000 MiB free of 24576 MiB")
-    expect(page.locator("article.node[data-node='st']")).to_contain_text("storage")
+    storage_card = page.locator("article.node[data-node='st']")
+    expect(storage_card).to_contain_text("/mnt/portablessd")
+    expect(storage_card).to_contain_text("disk 750000 MiB used / 250000 MiB free of 1000000 MiB")
+    expect(storage_card).to_contain_text("extractions 1 of 2 running")
     expect(page.locator("[data-count='done']")).to_have_text("0")
     page.screenshot(path=shots / "overview-laptop.png", full_page=True)
 

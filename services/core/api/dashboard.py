@@ -21,11 +21,12 @@ from shared.base import WireModel
 from shared.errors import ApiError, BadRequest, NotFound
 from shared.gpu import ViewerInfo
 from shared.qc import QC_NAME, QcReport
+from shared.videos import StorageStatus
 
 from services.core.agents import AgentClient, AgentError
 from services.core.api.deps import AgentsDep, StoreDep, TokenRequired
 from services.core.models import ERROR_RESPONSES, NodeName, last_status
-from services.core.store import Job, NodeRole, Store
+from services.core.store import Job, Node, NodeRole, NodeState, Store
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,19 @@ async def load_qc(store: Store, agents: AgentClient, job: Job) -> QcView:
         return QcView(report=QcReport.model_validate(json.loads(body)))
     except (ValueError, ValidationError) as exc:
         return QcView(problem=f"qc.json is not a report this core understands: {str(exc)[:300]}")
+
+
+async def storage_status(agents: AgentClient, node: Node) -> StorageStatus | None:
+    """A storage node's disks and extractions now, or None if it does not say (quickly)."""
+    if node.shown_state != NodeState.online:
+        return None
+    try:
+        response = await agents.client.get(f"{node.url}/status", timeout=min(agents.poll_timeout_s, 2.0))
+        response.raise_for_status()
+        return StorageStatus.model_validate_json(response.content)
+    except (httpx.HTTPError, ValidationError, ValueError) as exc:
+        log.debug("no status from storage node %s: %s", node.name, exc)
+        return None
 
 
 def viewer_url(store: Store, job: Job) -> str | None:

@@ -29,7 +29,7 @@ from services.core import catalog, stitches
 from services.core.api import dashboard
 from services.core.api.deps import TOKEN_COOKIE, AgentsDep, StoreDep
 from services.core.models import API_PREFIX, file_url, last_status
-from services.core.store import ACTIVE_STATES, Job, Store
+from services.core.store import ACTIVE_STATES, Job, NodeRole, Store
 
 router = APIRouter(tags=["pages"])
 router.include_router(dashboard.router, prefix=API_PREFIX)
@@ -102,15 +102,25 @@ def _job_rows(store: Store, jobs: list[Job]) -> list[dict]:
 # -- pages ---------------------------------------------------------------------------------
 
 @router.get("/", response_class=HTMLResponse, include_in_schema=False)
-def get_overview(store: StoreDep) -> HTMLResponse:
-    since = store.last_event_id()
-    nodes = store.list_nodes()
-    open_jobs = store.open_job_counts()
-    counts = {s.value: store.list_jobs(states=[s], limit=1)[1] for s in JobState}
-    running, _ = store.list_jobs(states=ACTIVE_STATES, limit=OVERVIEW_RUNNING)
-    shown = [{"node": n, "status": last_status(n), "open_jobs": open_jobs.get(n.name, 0)} for n in nodes]
-    return _render("overview.html", since, page="overview", nodes=shown, counts=counts,
-                   running=_job_rows(store, running), total=sum(counts.values()))
+async def get_overview(store: StoreDep, agents: AgentsDep) -> HTMLResponse:
+    def read() -> dict:
+        since = store.last_event_id()
+        nodes = store.list_nodes()
+        open_jobs = store.open_job_counts()
+        counts = {s.value: store.list_jobs(states=[s], limit=1)[1] for s in JobState}
+        running, _ = store.list_jobs(states=ACTIVE_STATES, limit=OVERVIEW_RUNNING)
+        shown = [{"node": n, "status": last_status(n), "open_jobs": open_jobs.get(n.name, 0), "storage": None}
+                 for n in nodes]
+        return dict(since=since, nodes=shown, counts=counts, running=_job_rows(store, running),
+                    total=sum(counts.values()))
+
+    found = await run_in_threadpool(read)
+    storage = [item for item in found["nodes"] if item["node"].role == NodeRole.storage]
+    # The core polls storage nodes for liveness only: their disks are asked for here, briefly.
+    answers = await asyncio.gather(*(dashboard.storage_status(agents, item["node"]) for item in storage))
+    for item, answer in zip(storage, answers):
+        item["storage"] = answer
+    return _render("overview.html", found.pop("since"), page="overview", **found)
 
 
 @router.get("/jobs", response_class=HTMLResponse, include_in_schema=False)

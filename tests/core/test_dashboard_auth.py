@@ -1,4 +1,5 @@
-"""The dashboard's token cookie: accepted for writes on its own, refused when wrong or cross-site."""
+"""The dashboard's token cookie: set by the core once the token checks out (HttpOnly), accepted
+for writes on its own, refused when wrong or cross-site."""
 
 from __future__ import annotations
 
@@ -42,3 +43,20 @@ async def test_the_cookie_is_refused_from_another_sites_page(tmp_path):
         assert foreign.status_code == 401
         own = await client.post("/api/v1/nodes", json=NODE, headers={"Origin": "http://core", **cookie(TOKEN)})
         assert own.status_code == 201, own.text
+
+
+async def test_the_core_sets_the_cookie_only_for_the_right_token_and_scripts_cannot_read_it(tmp_path):
+    async with running_core(core_settings(tmp_path)) as (_app, client):
+        wrong = await client.post("/dashboard/token", json={"token": "nope"})
+        assert wrong.status_code == 401 and "set-cookie" not in wrong.headers
+
+        right = await client.post("/dashboard/token", json={"token": TOKEN})
+        assert right.status_code == 204
+        set_cookie = right.headers["set-cookie"].lower()
+        assert set_cookie.startswith(f"{TOKEN_COOKIE}=") and "httponly" in set_cookie
+        assert "samesite=strict" in set_cookie and "path=/" in set_cookie
+        assert (await client.post("/api/v1/nodes", json=NODE)).status_code == 201  # the client keeps the cookie
+
+        forgot = await client.delete("/dashboard/token")
+        assert forgot.status_code == 204 and f'{TOKEN_COOKIE}=""' in forgot.headers["set-cookie"]
+        assert (await client.post("/api/v1/nodes/g1/drain")).status_code == 401

@@ -92,6 +92,7 @@ def test_cancel_retry_delete_from_the_job_page_asking_for_the_token_once(browser
     page.fill("#token-input", TOKEN)
     page.click("#token-save")
     expect(page.locator("#job-state")).to_have_text("cancelled")
+    assert TOKEN not in page.evaluate("document.cookie")  # HttpOnly: a script cannot read it
     assert cluster.job(job_id)["state"] == "cancelled" and job_id in cluster.gpu.deletes
     timeline = page.locator(".timeline li")
     expect(timeline.last).to_contain_text("cancelled")

@@ -28,12 +28,13 @@ async def require_token(request: Request) -> None:
     """Writes need the cluster token (bearer header, or the dashboard's cookie); reads are public."""
     cookie = request.cookies.get(TOKEN_COOKIE)
     if cookie and "authorization" not in request.headers:
-        _check_cookie(request, unquote(cookie))
+        check_dashboard_token(request, unquote(cookie))
         return
     await request.app.state.auth(request)
 
 
-def _check_cookie(request: Request, given: str) -> None:
+def check_dashboard_token(request: Request, given: str) -> None:
+    """401 unless ``given`` is the cluster token, sent from the dashboard's own pages."""
     origin = request.headers.get("origin")
     if origin and urlsplit(origin).netloc != request.headers.get("host"):
         # A page of another site posting with our cookie (SameSite=Strict is the first guard).

@@ -16,8 +16,8 @@ from typing import Annotated
 from urllib.parse import quote, urlencode
 
 import jinja2
-from fastapi import APIRouter, Path, Query
-from fastapi.responses import FileResponse, HTMLResponse
+from fastapi import APIRouter, Body, Path, Query, Request
+from fastapi.responses import FileResponse, HTMLResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from shared.errors import NotFound
@@ -27,7 +27,7 @@ from shared.stitches import StitchPublic
 
 from services.core import catalog, stitches
 from services.core.api import dashboard
-from services.core.api.deps import TOKEN_COOKIE, AgentsDep, StoreDep
+from services.core.api.deps import TOKEN_COOKIE, AgentsDep, StoreDep, check_dashboard_token
 from services.core.models import API_PREFIX, file_url, last_status
 from services.core.store import ACTIVE_STATES, Job, NodeRole, Store
 
@@ -39,6 +39,8 @@ router.include_router(dashboard.media_router, prefix=API_PREFIX)
 PAGE_JOBS = 50
 #: Running jobs listed on the overview.
 OVERVIEW_RUNNING = 50
+#: How long the browser keeps the token cookie.
+TOKEN_COOKIE_MAX_AGE_S = 30 * 86_400
 #: Newest stitches shown (each is looked up on its node).
 PAGE_STITCHES = 20
 
@@ -78,7 +80,7 @@ def _thumb_url(storage: str, path: str) -> str:
 
 
 _ENV.filters.update(duration=_duration, when=_when, size=_size, pct=lambda v: f"{v:.0%}")
-_ENV.globals.update(file_url=file_url, qc_name=QC_NAME, thumb_url=_thumb_url, token_cookie=TOKEN_COOKIE,
+_ENV.globals.update(file_url=file_url, qc_name=QC_NAME, thumb_url=_thumb_url,
                     states=[s.value for s in JobState],
                     active=[s.value for s in ACTIVE_STATES])
 
@@ -201,6 +203,23 @@ async def get_stitches(store: StoreDep, agents: AgentsDep) -> HTMLResponse:
     done, _ = await run_in_threadpool(lambda: store.list_jobs(states=[JobState.done], limit=PAGE_JOBS * 2))
     return _render("stitches.html", since, page="stitches", stitches=rows,
                    done_jobs=await run_in_threadpool(_job_rows, store, done))
+
+
+@router.post("/dashboard/token", status_code=204, include_in_schema=False)
+def set_token_cookie(request: Request, token: Annotated[str, Body(embed=True, max_length=4096)]) -> Response:
+    """Check the token, then keep it in an HttpOnly cookie: the pages' scripts never read it back."""
+    check_dashboard_token(request, token)
+    response = Response(status_code=204)
+    response.set_cookie(TOKEN_COOKIE, quote(token.strip(), safe=""), max_age=TOKEN_COOKIE_MAX_AGE_S, path="/",
+                        httponly=True, samesite="strict", secure=request.url.scheme == "https")
+    return response
+
+
+@router.delete("/dashboard/token", status_code=204, include_in_schema=False)
+def forget_token_cookie() -> Response:
+    response = Response(status_code=204)
+    response.delete_cookie(TOKEN_COOKIE, path="/", httponly=True, samesite="strict")
+    return response
 
 
 @router.get("/static/{name}", include_in_schema=False)

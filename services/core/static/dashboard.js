@@ -4,7 +4,6 @@
 (function () {
   "use strict";
   var body = document.body;
-  var COOKIE = body.dataset.tokenCookie || "cosma_token";
   var ACTIVE = ["queued", "assigned", "extracting", "reconstructing"];
   var POLL_MS = 2000;
   var pending = null;
@@ -19,8 +18,11 @@
     noticeEl.hidden = !text;
   }
 
+  // The core checks the token and keeps it in an HttpOnly cookie (scripts cannot read it).
   function setToken(token) {
-    document.cookie = COOKIE + "=" + encodeURIComponent(token) + "; path=/; max-age=2592000; SameSite=Strict";
+    return fetch("/dashboard/token", { method: "POST", credentials: "same-origin",
+      headers: { "Content-Type": "application/json" }, body: JSON.stringify({ token: token }) })
+      .then(function (resp) { return resp.ok; });
   }
 
   function askToken(retry) {
@@ -32,18 +34,22 @@
 
   form.addEventListener("submit", function (ev) {
     ev.preventDefault();
-    setToken(input.value.trim());
+    var token = input.value.trim();
     input.value = "";
-    form.hidden = true;
-    notice("", false);
-    var retry = pending;
-    pending = null;
-    if (retry) retry();
+    setToken(token).then(function (ok) {
+      if (!ok) { notice("That is not the cluster token; try again.", true); input.focus(); return; }
+      form.hidden = true;
+      notice("", false);
+      var retry = pending;
+      pending = null;
+      if (retry) retry();
+    }, function () { notice("The core did not answer; try again.", true); });
   });
   document.getElementById("token-forget").addEventListener("click", function () {
-    document.cookie = COOKIE + "=; path=/; max-age=0; SameSite=Strict";
-    form.hidden = true;
-    notice("Token forgotten.", false);
+    fetch("/dashboard/token", { method: "DELETE", credentials: "same-origin" }).then(function () {
+      form.hidden = true;
+      notice("Token forgotten.", false);
+    });
   });
   document.getElementById("token-button").addEventListener("click", function () {
     form.hidden = !form.hidden;

@@ -39,7 +39,8 @@ class ExtractParams(WireModel):
 
 
 class VideoSource(WireModel):
-    storage_url: Annotated[str, Field(min_length=1, max_length=2048)]
+    storage_url: Annotated[str, Field(min_length=1, max_length=2048, pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$",
+                                      description="base URL of the storage agent, http(s)://host:port")]
     path: Annotated[str, Field(min_length=1, max_length=4096)]
 
 

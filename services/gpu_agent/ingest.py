@@ -82,7 +82,7 @@ def fetch_video_info(source: VideoSource, *, token: str, timeout_s: float = 30.0
     try:
         resp = httpx.get(url, headers=auth_headers(token), timeout=timeout_s)
         return VideoInfo.model_validate_json(resp.content) if resp.status_code == 200 else None
-    except (httpx.HTTPError, ValueError):
+    except (httpx.HTTPError, httpx.InvalidURL, ValueError):
         return None
 
 

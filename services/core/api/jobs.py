@@ -141,6 +141,10 @@ async def get_job_file(job_id: JobId, name: str, store: StoreDep, agents: Agents
     except AgentError as exc:
         raise _as_api_error(exc, f"gpu node {node.name}") from None
     headers = {k: v for k, v in upstream.headers.items() if k.lower() in _FILE_HEADERS}
+    # Agent files come from the dashboard's own origin: a hostile report.html or SVG opened
+    # directly must not run scripts there (they would carry the dashboard's token cookie).
+    headers["Content-Security-Policy"] = "sandbox"
+    headers["X-Content-Type-Options"] = "nosniff"
     return StreamingResponse(upstream.aiter_raw(), headers=headers, background=BackgroundTask(upstream.aclose))
 
 

@@ -444,7 +444,7 @@ class Store:
                                         .where(JobVideo.__table__.c.job_id.in_(ids[start:start + 5000]))).all():
                     videos[row.job_id].append(row)
             by_id = {j.id: j for j in queued}
-            placed, waiting = [], []
+            placed, waiting, assigned = [], [], []
             for decision in plan(queued, videos, nodes, active):
                 job = by_id[decision.job_id]
                 if decision.node is None:
@@ -455,12 +455,16 @@ class Store:
                 job.state, job.node, job.gpu_index, job.run_backend = (
                     JobState.assigned, decision.node, decision.gpu_index, decision.backend)
                 job.message = decision.message or f"sent to {decision.node}"
-                conn.execute(jobs.update().where(jobs.c.id == job.id).values(
-                    state=JobState.assigned, node=job.node, gpu_index=job.gpu_index, run_backend=job.run_backend,
-                    stage="", progress=0.0, error=None, files=[], message=job.message,
-                    lease_expires_at=now + timedelta(seconds=lease_s), updated_at=now))
+                assigned.append({"b_id": job.id, "v_node": job.node, "v_gpu_index": job.gpu_index,
+                                 "v_run_backend": job.run_backend, "v_message": job.message})
                 session.add(_job_event(job, now))
                 placed.append(job.id)
+            if assigned:  # one executemany: the placements of a round differ only in these columns
+                conn.execute(jobs.update().where(jobs.c.id == sa.bindparam("b_id")).values(
+                    state=JobState.assigned, node=sa.bindparam("v_node"), gpu_index=sa.bindparam("v_gpu_index"),
+                    run_backend=sa.bindparam("v_run_backend"), message=sa.bindparam("v_message"),
+                    stage="", progress=0.0, error=None, files=[],
+                    lease_expires_at=now + timedelta(seconds=lease_s), updated_at=now), assigned)
             if waiting:
                 conn.execute(jobs.update().where(jobs.c.id == sa.bindparam("b_id"))
                              .values(message=sa.bindparam("message"), updated_at=now), waiting)

@@ -317,3 +317,41 @@ async def test_a_push_the_agent_lost_is_sent_again(tmp_path, fakes, storage):
         assert job_id in gpu.jobs
         job = await job_of(client, job_id)
         assert (job["state"], job["node"], job["attempt"]) == ("assigned", "g1", 1)
+
+
+async def test_a_tick_writes_its_node_polls_and_job_reports_in_one_transaction_each(tmp_path, fakes, storage):
+    a = fakes(FakeGpuAgent("a"))
+    b = fakes(FakeGpuAgent("b"))
+    async with running_core(core_settings(tmp_path)) as (app, client):
+        for fake in (a, b):
+            await add_node(client, fake.name, "gpu", fake.url)
+        await add_node(client, "st", "storage", storage.url)
+        ids = [(await submit(client))["id"] for _ in range(2)]
+        await app.state.scheduler.tick()
+        assert [(await job_of(client, i))["node"] for i in ids] == ["a", "b"]
+
+        store = app.state.scheduler.store
+        calls: list[tuple[str, int]] = []
+
+        def spy(name):
+            real = getattr(store, name)
+
+            def call(items, **kwargs):
+                items = list(items)
+                calls.append((name, len(items)))
+                return real(items, **kwargs)
+            return call
+
+        def one_at_a_time(*args, **kwargs):
+            raise AssertionError("a tick writes what it polled in one transaction")
+
+        store.record_node_polls, store.apply_reports = spy("record_node_polls"), spy("apply_reports")
+        store.record_node_poll = store.apply_report = one_at_a_time
+        a.report(ids[0], JobState.extracting, "extracting", 0.5)
+        b.report(ids[1], JobState.done, "done", 1.0)
+        await app.state.scheduler.tick()
+
+        assert calls == [("record_node_polls", 3), ("apply_reports", 2)]
+        first, second = [await job_of(client, i) for i in ids]
+        assert (first["state"], first["progress"]) == ("extracting", 0.5)
+        assert second["state"] == "done" and second["finished_at"] is not None

@@ -13,7 +13,7 @@ from shared.cameras import Matrix4
 
 class StitchInput(WireModel):
     agent_url: Annotated[str, Field(min_length=1, max_length=2048, description="the agent holding the job")]
-    job_id: Annotated[int, Field(ge=1)]
+    job_id: Annotated[int, Field(ge=1, le=10_000_000)]
 
 
 class StitchSpec(WireModel):
@@ -57,7 +57,7 @@ class StitchCreate(WireModel):
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"jobs": [12, 15], "frames_per_job": 20}]})
 
-    jobs: Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=2, max_length=16)]
+    jobs: Annotated[list[Annotated[int, Field(ge=1, le=10_000_000)]], Field(min_length=2, max_length=16)]
     frames_per_job: Annotated[int, Field(ge=4, le=500)] = 20
 
 

@@ -62,3 +62,15 @@ def test_every_route_needs_the_token_unless_documented_public(role, tmp_path):
         for path in ["/health", "/metrics", *DOC_ROUTES]:
             assert httpx.get(url + path).status_code == 200, path
     assert checked >= {"core": 10, "gpu": 8, "storage": 3}[role]  # the walk really covered the API
+
+
+def test_absurd_ids_are_a_422_not_a_database_error(tmp_path):
+    """Found by a schemathesis run: ids beyond SQLite's integers used to reach the store (500)."""
+    app = build("core", tmp_path)
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    huge = 10**20
+    with serve_app(app) as url:
+        assert httpx.get(f"{url}/api/v1/jobs/{huge}").status_code == 422
+        assert httpx.get(f"{url}/api/v1/stitches/{huge}").status_code == 422
+        resp = httpx.post(f"{url}/api/v1/stitches", json={"jobs": [1, huge]}, headers=auth)
+        assert resp.status_code == 422 and "jobs.1" in resp.json()["error"]["message"]

@@ -11,7 +11,7 @@ from typing import Annotated
 from urllib.parse import quote, urlsplit
 
 import httpx
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Query
 from fastapi.responses import Response, StreamingResponse
 from pydantic import ConfigDict, Field, ValidationError
 from starlette.background import BackgroundTask
@@ -24,7 +24,7 @@ from shared.qc import QC_NAME, QcReport
 from shared.videos import StorageStatus
 
 from services.core.agents import AgentClient, AgentError
-from services.core.api.deps import AgentsDep, StoreDep, TokenRequired
+from services.core.api.deps import AgentsDep, JobId, StoreDep, TokenRequired
 from services.core.models import ERROR_RESPONSES, NodeName, last_status
 from services.core.store import Job, Node, NodeRole, NodeState, Store
 
@@ -33,7 +33,6 @@ log = logging.getLogger(__name__)
 router = APIRouter(prefix="/jobs", tags=["jobs"], responses=ERROR_RESPONSES)
 media_router = APIRouter(tags=["catalog"], responses=ERROR_RESPONSES)
 
-JobId = Annotated[int, Path(ge=1, le=10_000_000)]
 
 #: The gpu agent's default viewer_base_port: job N's viewer listens on this + N.
 VIEWER_BASE_PORT = 8100

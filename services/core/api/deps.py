@@ -6,7 +6,7 @@ import hmac
 from typing import Annotated
 from urllib.parse import unquote, urlsplit
 
-from fastapi import Depends, HTTPException, Request
+from fastapi import Depends, HTTPException, Path, Request
 
 from services.core.agents import AgentClient
 from services.core.store import Store
@@ -50,3 +50,7 @@ def check_dashboard_token(request: Request, given: str) -> None:
 StoreDep = Annotated[Store, Depends(get_store)]
 AgentsDep = Annotated[AgentClient, Depends(get_agents)]
 TokenRequired = Depends(require_token)
+
+#: Ids in paths: bounded like the wire models, so an absurd number is a 422, not a database error.
+JobId = Annotated[int, Path(ge=1, le=10_000_000)]
+StitchId = Annotated[int, Path(ge=1, le=10_000_000)]

@@ -6,7 +6,7 @@ import asyncio
 import logging
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, Response
+from fastapi import APIRouter, Query, Response
 from fastapi.responses import StreamingResponse
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
@@ -16,7 +16,7 @@ from shared.jobs import JobState
 from shared.videos import VideoInfo
 
 from services.core.agents import AgentClient, AgentError, AgentRequestError, AgentUnreachable
-from services.core.api.deps import AgentsDep, StoreDep, TokenRequired
+from services.core.api.deps import AgentsDep, JobId, StoreDep, TokenRequired
 from services.core import catalog
 from services.core.models import ERROR_RESPONSES, EventPublic, EventsPublic, JobCreate, JobPublic, JobsPublic, RecordingRef, VideoRef
 from services.core.scheduler import estimate_frames
@@ -26,7 +26,6 @@ log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/jobs", tags=["jobs"], responses=ERROR_RESPONSES)
 
-JobId = Annotated[int, Path(ge=1, le=10_000_000)]
 
 #: Headers of an artifact passed from the agent to the client.
 _FILE_HEADERS = ("content-type", "content-length", "content-encoding", "content-disposition", "etag", "last-modified")

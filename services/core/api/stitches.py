@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from services.core import stitches
-from services.core.api.deps import AgentsDep, StoreDep, TokenRequired
+from services.core.api.deps import AgentsDep, StitchId, StoreDep, TokenRequired
 from services.core.models import ERROR_RESPONSES
 from shared.stitches import StitchCreate, StitchPublic
 
@@ -25,6 +25,6 @@ def list_stitches(store: StoreDep) -> list[StitchPublic]:
 
 
 @router.get("/{stitch_id}")
-async def get_stitch(stitch_id: int, store: StoreDep, agents: AgentsDep) -> StitchPublic:
+async def get_stitch(stitch_id: StitchId, store: StoreDep, agents: AgentsDep) -> StitchPublic:
     """One stitch; while it runs, its node is asked for its progress, and once done for its report."""
     return await stitches.get(store, agents, stitch_id)

@@ -310,9 +310,9 @@ class Store:
         page = [*where, jobs.c.id < before_id] if before_id is not None else where
         with self.engine.connect() as conn:
             total = conn.execute(sa.select(func.count()).select_from(jobs).where(*where)).scalar_one()
-            rows = [dict(row) for row in conn.execute(
-                sa.select(jobs).where(*page).order_by(jobs.c.id.desc()).offset(offset).limit(limit)
-            ).mappings().all()]
+            result = conn.execute(sa.select(jobs).where(*page).order_by(jobs.c.id.desc()).offset(offset).limit(limit))
+            keys = list(result.keys())
+            rows = [dict(zip(keys, row)) for row in result.all()]
             by_id = {row["id"]: row for row in rows}
             for row in rows:
                 row["videos"] = []

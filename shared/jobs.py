@@ -38,8 +38,12 @@ class ExtractParams(WireModel):
     max_frames: Annotated[int | None, Field(ge=1, le=100_000)] = None
 
 
+#: An agent's base URL: http(s), a host, an optional path; no spaces or control characters.
+HTTP_URL_PATTERN = r"^https?://[^\s/?#]+(/[^\s?#]*)?$"
+
+
 class VideoSource(WireModel):
-    storage_url: Annotated[str, Field(min_length=1, max_length=2048, pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$",
+    storage_url: Annotated[str, Field(min_length=1, max_length=2048, pattern=HTTP_URL_PATTERN,
                                       description="base URL of the storage agent, http(s)://host:port")]
     path: Annotated[str, Field(min_length=1, max_length=4096)]
 

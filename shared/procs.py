@@ -12,6 +12,7 @@ import collections
 import contextlib
 import os
 import signal
+from pathlib import Path
 from typing import Sequence
 
 #: stderr lines kept per process: enough for a reason, bounded for hour-long runs.
@@ -21,9 +22,10 @@ STDERR_TAIL_LINES = 200
 class Supervised:
     """A started child process. Read ``stdout`` yourself; stderr is drained into a tail."""
 
-    def __init__(self, argv: Sequence[str], proc: asyncio.subprocess.Process):
+    def __init__(self, argv: Sequence[str], proc: asyncio.subprocess.Process, log_path: Path | None = None):
         self.argv = list(argv)
         self.proc = proc
+        self.log_path = log_path
         self.stderr_tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
         self._stderr_task = asyncio.create_task(self._drain_stderr())
 
@@ -35,7 +37,9 @@ class Supervised:
         cwd: str | os.PathLike | None = None,
         env: dict[str, str] | None = None,
         stdout_limit: int = 2**20,
+        log_path: Path | None = None,
     ) -> "Supervised":
+        """Start ``argv``; with ``log_path``, its stderr is also appended to that file."""
         proc = await asyncio.create_subprocess_exec(
             *argv,
             cwd=cwd,
@@ -46,7 +50,7 @@ class Supervised:
             start_new_session=True,
             limit=stdout_limit,
         )
-        return cls(argv, proc)
+        return cls(argv, proc, log_path)
 
     @property
     def stdout(self) -> asyncio.StreamReader:
@@ -59,8 +63,16 @@ class Supervised:
 
     async def _drain_stderr(self) -> None:
         assert self.proc.stderr is not None
-        while line := await self.proc.stderr.readline():
-            self.stderr_tail.append(line.decode(errors="replace").rstrip())
+        log = open(self.log_path, "a", buffering=1, errors="replace") if self.log_path else None
+        try:
+            while line := await self.proc.stderr.readline():
+                text = line.decode(errors="replace").rstrip()
+                self.stderr_tail.append(text)
+                if log is not None:
+                    log.write(text + "\n")
+        finally:
+            if log is not None:
+                log.close()
 
     async def wait(self) -> int:
         rc = await self.proc.wait()

@@ -9,10 +9,12 @@ from pydantic import ConfigDict, Field
 
 from shared.base import WireModel
 from shared.cameras import Matrix4
+from shared.jobs import HTTP_URL_PATTERN
 
 
 class StitchInput(WireModel):
-    agent_url: Annotated[str, Field(min_length=1, max_length=2048, description="the agent holding the job")]
+    agent_url: Annotated[str, Field(min_length=1, max_length=2048, pattern=HTTP_URL_PATTERN,
+                                    description="the agent holding the job, http(s)://host:port")]
     job_id: Annotated[int, Field(ge=1, le=10_000_000)]
 
 

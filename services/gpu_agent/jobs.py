@@ -43,6 +43,8 @@ from services.gpu_agent.qc import JobQc
 log = logging.getLogger(__name__)
 
 STATE_NAME = "state.json"
+#: The backend's stderr, appended across attempts; the dashboard shows its tail.
+BACKEND_LOG_NAME = "backend_log.txt"
 JOB_DIR_RE = re.compile(r"^job_(\d+)$")
 #: First wait before pulling a video again after a transient error; doubles each time.
 INGEST_BACKOFF_S = 2.0
@@ -380,8 +382,12 @@ class JobManager:
                            lingbot_checkpoint=self.settings.lingbot_checkpoint, gpu_index=gpu_index,
                            colmap_max_features=self.settings.colmap_max_features,
                            colmap_max_image_size=self.settings.colmap_max_image_size)
-        proc = await Supervised.start(argv, cwd=job_dir)
-        self._update(job_id, runner_pid=proc.pid)  # so a restarted agent can stop an orphan
+        log_path = job_dir / BACKEND_LOG_NAME
+        with open(log_path, "a") as log:
+            log.write(f"--- {_now().isoformat(timespec='seconds')} {backend}: {' '.join(argv)}\n")
+        proc = await Supervised.start(argv, cwd=job_dir, log_path=log_path)
+        # runner_pid: so a restarted agent can stop an orphan; the log is served while it runs.
+        self._update(job_id, runner_pid=proc.pid, files=sorted({*self.jobs[job_id].files, BACKEND_LOG_NAME}))
         try:
             while line := await proc.stdout.readline():
                 self._on_progress(job_id, line)

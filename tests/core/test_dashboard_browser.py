@@ -155,7 +155,8 @@ def test_the_job_page_shows_the_qc_verdict_its_reasons_and_plots(browser, cluste
     report, svg = qc_files(job_id)
     cluster.wait_placed(job_id)
     cluster.gpu.files.update({"qc.json": report.model_dump_json().encode(), "sharpness.svg": svg.encode(),
-                              "reconstruction.ply": b"ply\n", "cameras.json": b"{}", "report.html": b"<p>r</p>"})
+                              "reconstruction.ply": b"ply\n", "cameras.json": b"{}", "report.html": b"<p>r</p>",
+                              "backend_log.txt": "".join(f"line {i} <b>\n" for i in range(1, 101)).encode()})
     cluster.gpu.report(job_id, JobState.done, "done", 1.0, files=sorted(cluster.gpu.files))
     cluster.wait_job(job_id, lambda j: j["state"] == "done", "done")
 
@@ -173,6 +174,10 @@ def test_the_job_page_shows_the_qc_verdict_its_reasons_and_plots(browser, cluste
                        ("QC report (HTML)", f"/api/v1/jobs/{job_id}/files/report.html")):
         assert page.get_by_role("link", name=text, exact=True).get_attribute("href") == href
     expect(page.locator("#viewer-link")).to_have_attribute("href", f"http://127.0.0.1:{8100 + job_id}/")
+    # The backend log's tail: its last 60 lines, as text (the <b> is not markup).
+    expect(page.locator("#log-tail")).to_contain_text("line 100 <b>")
+    tail = page.locator("#log-tail").inner_text().splitlines()
+    assert len(tail) == 60 and tail[0] == "line 41 <b>"
     page.screenshot(path=shots / "job-laptop.png", full_page=True)
     page.set_viewport_size(PHONE)
     assert no_horizontal_overflow(page)

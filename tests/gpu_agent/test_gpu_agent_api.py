@@ -224,6 +224,10 @@ def test_cancel_stops_the_backend_process_group(agent, storage_url, videos):
     _wait_state(url, 11, "reconstructing", timeout_s=90)
     needle = str(workdir / "job_11")
     wait_until(lambda: processes_matching(needle), timeout_s=30, what="the backend process")
+    # Its log is reported and served while it runs (the dashboard shows its tail).
+    assert "backend_log.txt" in get_job(url, 11)["files"]
+    log = httpx.get(f"{url}/jobs/11/files/backend_log.txt", headers=AUTH)
+    assert log.status_code == 200 and log.text.startswith("--- ") and "colmap_runner" in log.text
     resp = httpx.delete(f"{url}/jobs/11", headers=AUTH)
     assert resp.status_code == 200 and resp.json()["state"] == "cancelled"
     wait_until(lambda: not processes_matching(needle), timeout_s=15, what="the backend to be gone")

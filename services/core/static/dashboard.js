@@ -205,6 +205,9 @@
     }, POLL_MS);
   }
 
+  // Lines of the backend's log shown on a job page (the whole log is a link away).
+  var LOG_TAIL_LINES = 60;
+
   function jobPage() {
     var box = document.getElementById("job");
     var id = box.dataset.job;
@@ -223,8 +226,16 @@
       }).catch(function () {});
     }
     listen(function (ev) { if (String(ev.job_id) === id) check(); });
+    var log = document.getElementById("log-tail");
+    function tail() {
+      fetch(log.dataset.url).then(function (r) { return r.ok ? r.text() : ""; }).then(function (text) {
+        var lines = text.replace(/\n$/, "").split("\n");
+        log.textContent = lines.slice(-LOG_TAIL_LINES).join("\n") || "(empty)";
+      }).catch(function () {});
+    }
+    if (log) tail();
     setInterval(function () {
-      if (!document.hidden && ACTIVE.indexOf(box.dataset.state) >= 0) check();
+      if (!document.hidden && ACTIVE.indexOf(box.dataset.state) >= 0) { check(); if (log) tail(); }
     }, POLL_MS);
   }
 

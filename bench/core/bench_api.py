@@ -9,7 +9,7 @@ sends ``--requests`` of each kind with ``--concurrency`` clients:
   state, and the second page by cursor;
 * create: ``POST /api/v1/jobs`` (one catalog lookup on the storage agent, then an insert).
 
-    .venv/bin/python bench/core/bench_api.py [--db sqlite|postgresql] [--stored 10000]
+    .venv/bin/python bench/core/bench_api.py [--db sqlite|postgresql] [--stored 10000] [--warm-up N]
 
 Prints one JSON line per kind: p50/p95/p99 latency (ms), requests per second, and the core
 process's CPU time per request (``server_cpu_ms``, from /proc: what a request costs the
@@ -117,6 +117,8 @@ def main() -> None:
     parser.add_argument("--stored", type=int, default=10_000)
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--warm-up", type=int, default=0, metavar="N",
+                        help="first send N unreported requests of each kind (a warm server)")
     args = parser.parse_args()
 
     cluster = ThrowawayPostgres(find_bindir()).start() if args.db == "postgresql" else None
@@ -138,6 +140,8 @@ def main() -> None:
                             break
                     except httpx.HTTPError:
                         time.sleep(0.1)
+                for kind in ("list", "list_filtered", "list_cursor", "create") if args.warm_up else ():
+                    asyncio.run(load(base, kind, args.warm_up, args.concurrency))  # unreported
                 for kind in ("list", "list_filtered", "list_cursor", "create"):
                     cpu_before = cpu_seconds(core.pid)
                     result = asyncio.run(load(base, kind, args.requests, args.concurrency))

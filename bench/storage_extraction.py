@@ -192,7 +192,7 @@ def plain_argv(plan: ExtractionPlan, file: Path, out: Path) -> list[str]:
     argv = plan.argv(file)
     argv[argv.index("-loglevel") + 1] = "error"
     vf = argv.index("-vf") + 1
-    argv[vf] = argv[vf].replace(",showinfo", "")
+    argv[vf] = re.sub(r",showinfo[^,]*", "", argv[vf])
     assert argv[-7:-3] == ["-f", "image2pipe", "-c:v", "mjpeg"] and argv[-1] == "-"
     return argv[:-7] + ["-f", "image2", *argv[-5:-1], str(out / "frame_%06d.jpg")]
 

@@ -24,11 +24,11 @@ _KEPT_LEVELS = {"panic", "fatal", "error"}
 class ShowinfoProcess(Supervised):
     """A :class:`Supervised` ffmpeg whose stderr also yields ``frame_times`` (seconds, output order)."""
 
-    def __init__(self, argv, proc):
+    def __init__(self, *args, **kwargs):
         self.frame_times: list[float] = []
         self._changed = asyncio.Event()
         self._stderr_ended = False
-        super().__init__(argv, proc)
+        super().__init__(*args, **kwargs)  # starts _drain_stderr, so the fields above come first
 
     async def _drain_stderr(self) -> None:
         assert self.proc.stderr is not None

@@ -226,3 +226,23 @@ async def submit(client: httpx.AsyncClient, path: str = "GX010042.MP4", storage:
     resp = await client.post("/api/v1/jobs", json=body, headers=AUTH)
     assert resp.status_code == 201, resp.text
     return resp.json()
+
+
+@pytest.fixture
+def fakes():
+    """Start fakes with ``fakes(fake)``; all are stopped at the end of the test."""
+    started = []
+
+    def start(fake):
+        started.append(fake.start())
+        return fake
+
+    yield start
+    for fake in started:
+        fake.stop()
+
+
+async def job_of(client: httpx.AsyncClient, job_id: int) -> dict:
+    resp = await client.get(f"/api/v1/jobs/{job_id}")
+    assert resp.status_code == 200, resp.text
+    return resp.json()

@@ -8,7 +8,7 @@ import pytest
 from core_db import db, pg_cluster, pytest_generate_tests  # noqa: F401
 
 from conftest import serve_app
-from core_fakes import (AUTH, FakeGpuAgent, FakeStorageAgent, add_node, anyio_backend,  # noqa: F401
+from core_fakes import (AUTH, fakes, job_of, FakeGpuAgent, FakeStorageAgent, add_node, anyio_backend,  # noqa: F401
                         core_settings, running_core, submit, video)
 from services.core.app import create_app
 from shared.jobs import JobState
@@ -17,19 +17,6 @@ pytestmark = pytest.mark.anyio
 
 GOPRO = [video(p) for p in ("100GOPRO/GX020042.MP4", "100GOPRO/GX010042.MP4", "100GOPRO/GX010043.MP4",
                             "old/GP010007.MP4", "old/GOPR0007.MP4", "notes/dive.mov")]
-
-
-@pytest.fixture
-def fakes():
-    started = []
-
-    def start(fake):
-        started.append(fake.start())
-        return fake
-
-    yield start
-    for fake in started:
-        fake.stop()
 
 
 async def test_retry_delete_filters_and_cursor_paging(tmp_path, fakes):

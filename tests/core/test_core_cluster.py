@@ -13,7 +13,7 @@ import pytest
 from shared.vram import estimate_vram_mib
 from core_db import db, pg_cluster, pytest_generate_tests  # noqa: F401
 
-from core_fakes import (AUTH, FakeClock, FakeGpuAgent, FakeStorageAgent, add_node, anyio_backend,  # noqa: F401
+from core_fakes import (AUTH, fakes, job_of, FakeClock, FakeGpuAgent, FakeStorageAgent, add_node, anyio_backend,  # noqa: F401
                         core_settings, running_core, submit, video)
 from shared.jobs import JobState
 
@@ -23,27 +23,8 @@ LEASE_S = 30.0
 
 
 @pytest.fixture
-def fakes():
-    started = []
-
-    def start(fake):
-        started.append(fake.start())
-        return fake
-
-    yield start
-    for fake in started:
-        fake.stop()
-
-
-@pytest.fixture
 def storage(fakes):
     return fakes(FakeStorageAgent([video("GX010042.MP4", duration_s=60.0), video("GX010043.MP4", duration_s=60.0)]))
-
-
-async def job_of(client, job_id: int) -> dict:
-    resp = await client.get(f"/api/v1/jobs/{job_id}")
-    assert resp.status_code == 200, resp.text
-    return resp.json()
 
 
 async def history(client, job_id: int) -> list[dict]:

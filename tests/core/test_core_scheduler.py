@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from core_db import db, pg_cluster, pytest_generate_tests  # noqa: F401
-from core_fakes import (AUTH, FakeClock, FakeGpuAgent, FakeStorageAgent, add_node, anyio_backend,  # noqa: F401
+from core_fakes import (AUTH, fakes, job_of, FakeClock, FakeGpuAgent, FakeStorageAgent, add_node, anyio_backend,  # noqa: F401
                         core_settings, running_core, submit, video)
 from shared.jobs import JobState
 
@@ -17,28 +17,8 @@ LEASE_S = 30.0
 
 
 @pytest.fixture
-def fakes():
-    """Start fakes with ``fakes(fake)``; all are stopped at the end of the test."""
-    started = []
-
-    def start(fake):
-        started.append(fake.start())
-        return fake
-
-    yield start
-    for fake in started:
-        fake.stop()
-
-
-@pytest.fixture
 def storage(fakes):
     return fakes(FakeStorageAgent([video("GX010042.MP4", duration_s=24.0), video("GX020042.MP4", duration_s=6.0)]))
-
-
-async def job_of(client, job_id: int) -> dict:
-    resp = await client.get(f"/api/v1/jobs/{job_id}")
-    assert resp.status_code == 200
-    return resp.json()
 
 
 async def test_lingbot_jobs_go_to_the_best_fitting_gpu_and_carry_their_spec(tmp_path, fakes, storage):

@@ -36,6 +36,7 @@ class ExtractParams(WireModel):
     fps: Annotated[float, Field(gt=0, le=120)] = 2.0
     width: Annotated[int | None, Field(ge=32, le=7680)] = 640
     max_frames: Annotated[int | None, Field(ge=1, le=100_000)] = None
+    keyframes: bool = Field(False, description="decode key frames only (fast previews; fps is then an upper bound)")
 
 
 #: An agent's base URL: http(s), a host, an optional path; no spaces or control characters.

@@ -36,7 +36,9 @@ async def catalog_of(agents: AgentClient, node: Node) -> NodeCatalog:
 
 def _from_agent(answer: dict, videos: list[VideoInfo]) -> list[gopro.Recording] | None:
     """The agent's own grouping, or None if it is not the shape we understand."""
-    by_path = {v.path: v for v in videos}
+    by_path: dict[str, VideoInfo] = {}
+    for video in videos:  # the first root holding a path serves it: later copies are unreachable
+        by_path.setdefault(video.path, video)
     try:
         out = []
         for item in answer["recordings"]:

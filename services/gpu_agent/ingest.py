@@ -31,9 +31,10 @@ class IngestError(Exception):
     try; the others (unreadable video, refused path) are not.
     """
 
-    def __init__(self, message: str, *, retryable: bool = False):
+    def __init__(self, message: str, *, retryable: bool = False, retry_after_s: float | None = None):
         super().__init__(message)
         self.retryable = retryable
+        self.retry_after_s = retry_after_s  # the storage agent's Retry-After, when it sent one
 
 
 class IngestCancelled(Exception):
@@ -65,6 +66,13 @@ def _error_message(response: httpx.Response) -> str:
         return response.json()["error"]["message"]
     except Exception:  # noqa: BLE001 - any non-typed body
         return response.text[:300] or response.reason_phrase
+
+
+def _retry_after_s(response: httpx.Response) -> float | None:
+    try:
+        return min(float(response.headers["retry-after"]), 600.0)
+    except (KeyError, ValueError):
+        return None  # absent, or an HTTP date: our own backoff decides
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -108,6 +116,8 @@ def pull_video(
         query["width"] = params.width
     if params.max_frames is not None:
         query["max_frames"] = params.max_frames
+    if params.keyframes:
+        query["keyframes"] = "true"
     timeout = httpx.Timeout(10.0, read=timeout_s)
     frames: list[IndexedFrame] = []
     end: StreamEnd | None = None
@@ -118,6 +128,7 @@ def pull_video(
                 raise IngestError(
                     f"storage agent refused {source.path} (HTTP {resp.status_code}): {_error_message(resp)}",
                     retryable=resp.status_code in (429, 502, 503, 504),
+                    retry_after_s=_retry_after_s(resp),
                 )
             with tarfile.open(fileobj=_ByteStream(resp.iter_bytes()), mode="r|") as tar:
                 for member in tar:

@@ -324,7 +324,7 @@ class JobManager:
                 except IngestError as exc:
                     if not exc.retryable or retry == self.settings.ingest_retries:
                         raise
-                    delay_s = INGEST_BACKOFF_S * 2**retry
+                    delay_s = max(INGEST_BACKOFF_S * 2**retry, exc.retry_after_s or 0.0)
                     log.warning("job %s: %s; trying again in %.0f s", job_id, exc, delay_s)
                     self._update(job_id, message=f"{exc}; trying again in {delay_s:.0f} s")
                     for stale in job_dir.glob("frame_*.jpg"):

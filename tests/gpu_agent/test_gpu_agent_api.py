@@ -325,3 +325,15 @@ def test_disk_full_during_ingest_fails_the_job_with_that_reason(agent, storage_u
     job = _wait_state(url, 15, "failed")
     assert "disk" in job["error"] and "full" in job["error"]
     assert httpx.get(f"{url}/health").status_code == 200
+
+
+def test_pull_video_in_keyframes_mode_takes_only_key_frames(storage_url, tmp_path):
+    frames = pull_video(
+        VideoSource(storage_url=storage_url, path="GX010001.MP4"),
+        ExtractParams(fps=10, width=160, keyframes=True),
+        tmp_path, video_index=0, first_frame=1, token=TOKEN, timeout_s=30,
+        cancel=threading.Event(), on_frame=lambda f, p: None,
+    )
+    # 2 s at 10 fps with a key frame every 10 frames (make_test_video's -g): 2 key frames, not 20.
+    assert len(frames) == 2
+    assert [round(f.t_s, 1) for f in frames] == [0.0, 1.0]

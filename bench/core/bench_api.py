@@ -10,6 +10,10 @@ sends ``--requests`` of each kind with ``--concurrency`` clients:
 * create: ``POST /api/v1/jobs`` (one catalog lookup on the storage agent, then an insert).
 
     .venv/bin/python bench/core/bench_api.py [--db sqlite|postgresql] [--stored 10000] [--warm-up N]
+        [--kinds api|pages]
+
+With ``--kinds pages`` the dashboard's pages are measured instead (overview, Jobs, a search,
+a later page, one job page), with the same figures.
 
 Prints one JSON line per kind: p50/p95/p99 latency (ms), requests per second, and the core
 process's CPU time per request (``server_cpu_ms``, from /proc: what a request costs the
@@ -79,6 +83,12 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+#: Dashboard pages (``--kinds pages``): overview, the first Jobs page, a search, a later page, one job.
+PAGES = {"page_overview": "/", "page_jobs": "/jobs", "page_jobs_search": "/jobs?q=GX010042",
+         "page_jobs_later": "/jobs?state=done&cursor=5000", "page_job": "/jobs/5000"}
+API_KINDS = ("list", "list_filtered", "list_cursor", "create")
+
+
 async def load(base: str, kind: str, requests: int, concurrency: int) -> dict:
     latencies: list[float] = []
     counter = iter(range(requests))
@@ -92,6 +102,8 @@ async def load(base: str, kind: str, requests: int, concurrency: int) -> dict:
             resp = await client.get("/api/v1/jobs", params={"limit": 50})
         elif kind == "list_filtered":
             resp = await client.get("/api/v1/jobs", params={"limit": 50, "state": "failed", "q": "job 12"})
+        elif kind in PAGES:  # the dashboard's server-rendered pages
+            resp = await client.get(PAGES[kind])
         else:  # list_cursor
             resp = await client.get("/api/v1/jobs", params={"limit": 50, "cursor": 5000})
         latencies.append(time.perf_counter() - started)
@@ -119,7 +131,10 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--warm-up", type=int, default=0, metavar="N",
                         help="first send N unreported requests of each kind (a warm server)")
+    parser.add_argument("--kinds", choices=["api", "pages"], default="api",
+                        help="the REST API (default) or the dashboard's pages")
     args = parser.parse_args()
+    kinds = API_KINDS if args.kinds == "api" else tuple(PAGES)
 
     cluster = ThrowawayPostgres(find_bindir()).start() if args.db == "postgresql" else None
     tmp = Path(tempfile.mkdtemp(prefix="cosma-bench-api-"))
@@ -140,9 +155,9 @@ def main() -> None:
                             break
                     except httpx.HTTPError:
                         time.sleep(0.1)
-                for kind in ("list", "list_filtered", "list_cursor", "create") if args.warm_up else ():
+                for kind in kinds if args.warm_up else ():
                     asyncio.run(load(base, kind, args.warm_up, args.concurrency))  # unreported
-                for kind in ("list", "list_filtered", "list_cursor", "create"):
+                for kind in kinds:
                     cpu_before = cpu_seconds(core.pid)
                     result = asyncio.run(load(base, kind, args.requests, args.concurrency))
                     result["server_cpu_ms"] = round((cpu_seconds(core.pid) - cpu_before) * 1000 / args.requests, 2)

@@ -9,9 +9,9 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
 
-from shared.auth import TokenError, auth_headers, load_token
+from services.client import call, client_token
+from shared.auth import auth_headers
 from shared.settings import ServiceSettings, add_settings_arguments, settings_from_args
 
 DEFAULT_CORE_URL = "http://127.0.0.1:3849"
@@ -40,22 +40,6 @@ def _add_client_arguments(parser: argparse.ArgumentParser) -> None:
                         help="file holding the cluster token (default: none; env: COSMA_TOKEN holds the token)")
 
 
-def _client_token(args: argparse.Namespace) -> str:
-    try:
-        return load_token(os.environ.get("COSMA_TOKEN"), args.token_file)
-    except TokenError as exc:
-        raise SystemExit(f"cannot submit: {exc}") from None
-
-
-def _fail_on_error(resp: httpx.Response) -> None:
-    if resp.status_code >= 400:
-        try:
-            message = resp.json()["error"]["message"]
-        except Exception:  # noqa: BLE001
-            message = resp.text[:500]
-        raise SystemExit(f"the core answered HTTP {resp.status_code}: {message}")
-
-
 def print_job_line(job: dict) -> None:
     pct = f"{100 * job.get('progress', 0):5.1f}%"
     extra = job.get("error") or job.get("message") or ""
@@ -64,7 +48,7 @@ def print_job_line(job: dict) -> None:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    token = _client_token(args)
+    token = client_token(args.token_file, "submit")
     if bool(args.paths) == bool(args.recording):
         raise SystemExit("give either video paths or --recording ID (see /api/v1/recordings), not both")
     body = {"fps": args.fps, "backend": args.backend, "priority": args.priority, "cpu_fallback": args.cpu_fallback}
@@ -76,12 +60,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
         body["width"] = args.width
     if args.max_frames:
         body["max_frames"] = args.max_frames
-    try:
-        resp = httpx.post(f"{args.core}/api/v1/jobs", json=body, headers=auth_headers(token), timeout=60)
-    except httpx.HTTPError as exc:
-        raise SystemExit(f"cannot reach the core at {args.core}: {exc}") from None
-    _fail_on_error(resp)
-    job = resp.json()
+    job = call("POST", f"{args.core}/api/v1/jobs", what="the core", json=body, headers=auth_headers(token),
+               timeout=60).json()
     print_job_line(job)
     if not args.wait:
         return 0
@@ -101,9 +81,7 @@ def wait_for_job(core_url: str, job_id: int, *, poll_s: float = 1.0) -> int:
     live = sys.stdout.isatty()
     last = None
     while True:
-        resp = httpx.get(f"{core_url}/api/v1/jobs/{job_id}", timeout=30)
-        _fail_on_error(resp)
-        job = resp.json()
+        job = call("GET", f"{core_url}/api/v1/jobs/{job_id}", what="the core").json()
         line = (job["state"], job.get("stage"), round(job.get("progress", 0), 2), job.get("message"))
         if live:
             print("\r\033[K" + progress_bar(job), end="", flush=True)
@@ -120,18 +98,11 @@ def wait_for_job(core_url: str, job_id: int, *, poll_s: float = 1.0) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    try:
-        if args.job is not None:
-            resp = httpx.get(f"{args.core}/api/v1/jobs/{args.job}", timeout=30)
-            _fail_on_error(resp)
-            print(json.dumps(resp.json(), indent=2))
-            return 0
-        nodes = httpx.get(f"{args.core}/api/v1/nodes", timeout=30)
-        jobs = httpx.get(f"{args.core}/api/v1/jobs", timeout=30)
-    except httpx.HTTPError as exc:
-        raise SystemExit(f"cannot reach the core at {args.core}: {exc}") from None
-    _fail_on_error(nodes)
-    _fail_on_error(jobs)
+    if args.job is not None:
+        print(json.dumps(call("GET", f"{args.core}/api/v1/jobs/{args.job}", what="the core").json(), indent=2))
+        return 0
+    nodes = call("GET", f"{args.core}/api/v1/nodes", what="the core")
+    jobs = call("GET", f"{args.core}/api/v1/jobs", what="the core")
     for node in nodes.json()["nodes"]:
         print(f"node {node['name']:<12} {node['role']:<8} {node['state']:<8} {node['url']}")
     for job in jobs.json()["jobs"]:

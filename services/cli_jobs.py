@@ -19,7 +19,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from shared.auth import TokenError, auth_headers, load_token
+from services.client import call, client_token
+from shared.auth import auth_headers
 
 #: Bytes of randomness in a new token (43 URL-safe characters).
 TOKEN_BYTES = 32
@@ -97,27 +98,15 @@ def cmd_token_new(args: argparse.Namespace) -> int:
 
 # -- talking to the core ----------------------------------------------------------------
 
+JOB_HINTS = {404: " (`cosma-qc jobs list` shows the jobs there are)"}
+
+
 def _token(args: argparse.Namespace, doing: str) -> str:
-    try:
-        return load_token(os.environ.get("COSMA_TOKEN"), args.token_file)
-    except TokenError as exc:
-        raise SystemExit(f"cannot {doing}: {exc}") from None
+    return client_token(args.token_file, doing)
 
 
-def _call(method: str, url: str, *, what: str, headers: dict | None = None, **kwargs) -> httpx.Response:
-    try:
-        resp = httpx.request(method, url, headers=headers or {}, timeout=30, **kwargs)
-    except httpx.HTTPError as exc:
-        raise SystemExit(f"cannot reach {what} at {url}: {exc}; is it running, and is the URL right?") from None
-    if resp.status_code >= 400:
-        try:
-            message = resp.json()["error"]["message"]
-        except (ValueError, KeyError, TypeError):
-            message = resp.text[:500]
-        hint = {401: " (check COSMA_TOKEN or --token-file: it must be the cluster's token)",
-                404: " (`cosma-qc jobs list` shows the jobs there are)"}.get(resp.status_code, "")
-        raise SystemExit(f"{what} answered HTTP {resp.status_code}: {message}{hint}")
-    return resp
+def _call(method: str, url: str, *, what: str, **kwargs) -> httpx.Response:
+    return call(method, url, what=what, hints=JOB_HINTS, **kwargs)
 
 
 def _core(args: argparse.Namespace, method: str, path: str, *, write: bool = False, **kwargs) -> httpx.Response:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import os
 
 import httpx
 
-from shared.auth import TokenError, auth_headers, load_token
+from services.client import call, client_token
+from shared.auth import auth_headers
 
 
 def add_core_action(parser: argparse.ArgumentParser) -> None:
@@ -63,23 +63,8 @@ def add_nodes_parser(sub, add_client_arguments) -> None:
 
 
 def _request(args: argparse.Namespace, method: str, path: str, *, write: bool, **kwargs) -> httpx.Response:
-    headers = {}
-    if write:
-        try:
-            headers = auth_headers(load_token(os.environ.get("COSMA_TOKEN"), args.token_file))
-        except TokenError as exc:
-            raise SystemExit(f"cannot change nodes: {exc}") from None
-    try:
-        resp = httpx.request(method, f"{args.core}/api/v1{path}", headers=headers, timeout=30, **kwargs)
-    except httpx.HTTPError as exc:
-        raise SystemExit(f"cannot reach the core at {args.core}: {exc}") from None
-    if resp.status_code >= 400:
-        try:
-            message = resp.json()["error"]["message"]
-        except (ValueError, KeyError, TypeError):
-            message = resp.text[:500]
-        raise SystemExit(f"the core answered HTTP {resp.status_code}: {message}")
-    return resp
+    headers = auth_headers(client_token(args.token_file, "change nodes")) if write else {}
+    return call(method, f"{args.core}/api/v1{path}", what="the core", headers=headers, **kwargs)
 
 
 def print_node_line(node: dict) -> None:

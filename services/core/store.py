@@ -75,6 +75,16 @@ class Decision:
 Planner = Callable[[list[Job], dict[int, list[JobVideo]], list[Node], list[Job]], list[Decision]]
 
 
+def _apply(session: Session, job: Job, change, now: datetime) -> None:
+    """Apply ``change`` to a locked job row; a change of state, node or attempt is an event."""
+    before = (job.state, job.node, job.attempt)
+    change(job)
+    job.updated_at = now
+    session.add(job)
+    if (job.state, job.node, job.attempt) != before:
+        session.add(_job_event(job, now))
+
+
 def _job_event(job: Job, now: datetime) -> Event:
     text = job.error if job.state == JobState.failed and job.error else job.message
     return Event(at=now, kind="job", job_id=job.id, node=job.node, state=job.state.value,
@@ -404,12 +414,7 @@ class Store:
                 return None
             if (node is not _ANY and job.node != node) or (attempt is not _ANY and job.attempt != attempt):
                 return None
-            before = (job.state, job.node, job.attempt)
-            change(job)
-            job.updated_at = now
-            session.add(job)
-            if (job.state, job.node, job.attempt) != before:
-                session.add(_job_event(job, now))
+            _apply(session, job, change, now)
             session.commit()
             session.refresh(job)
             return job
@@ -535,12 +540,7 @@ class Store:
                 job = jobs.get(job_id)
                 if job is None or job.state not in tuple(states) or job.node != node or job.attempt != attempt:
                     continue
-                before = (job.state, job.node, job.attempt)
-                change(job)
-                job.updated_at = now
-                session.add(job)
-                if (job.state, job.node, job.attempt) != before:
-                    session.add(_job_event(job, now))
+                _apply(session, job, change, now)
                 changed[job_id] = job
             session.commit()
         return changed

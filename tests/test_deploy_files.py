@@ -81,7 +81,10 @@ def test_each_role_gets_its_ports_volumes_and_runtime():
     assert {"8300:8300", "8100-8199:8100-8199"} <= set(gpu["ports"])
     assert any(v.endswith(":/cosma-qc-frames") for v in gpu["volumes"])
     storage = _load(COMPOSE / "storage-agent.compose.yaml")["services"]["storage-agent"]
-    assert storage["volumes"] and all(v.endswith(":ro") for v in storage["volumes"])
+    videos = [v for v in storage["volumes"] if not v.startswith("storage-state:")]
+    assert videos and all(v.endswith(":ro") for v in videos)  # the videos are only ever read
+    assert "storage-state:/var/lib/cosma-qc" in storage["volumes"]  # the probe cache survives restarts
+    assert storage["environment"]["COSMA_STORAGE_STATE_DIR"] == "/var/lib/cosma-qc"
     assert json.loads(storage["environment"]["COSMA_STORAGE_ROOTS"]) == ["/mnt/portablessd"]
 
 

@@ -31,6 +31,8 @@ class GpuAgentSettings(ServiceSettings):
     lingbot_python: Path | None = Field(None, description="python of LingBot-Map's own environment (torch, lingbot_map)")
     lingbot_checkpoint: Path | None = Field(None, description="LingBot-Map checkpoint file (.pt; a pickle: trusted only)")
     viewer_base_port: int = Field(8100, ge=1, le=65535, description="job N's viewer listens on this port + N")
+    stitch_viewer_base_port: int = Field(8600, ge=1, le=65535, description="stitch K's viewer listens on this "
+                                         "port + K (apart from the jobs' ports; same viewer_max cap)")
     viewer_host: str = Field("0.0.0.0", description="address the viewers listen on")
     viewer_max: int = Field(4, ge=1, le=64, description="viewers running at once")
     viewer_idle_timeout_s: float = Field(1800.0, gt=0, description="a viewer stops after this long with no browser")

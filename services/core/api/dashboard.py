@@ -98,9 +98,14 @@ def viewer_url(store: Store, job: Job) -> str | None:
         return None
     status = last_status(node)
     port = next((v.port for v in status.viewers if v.job_id == job.id), None) if status else None
-    host = urlsplit(node.url).hostname or ""
+    return url_on_node(node.url, port or VIEWER_BASE_PORT + job.id)
+
+
+def url_on_node(node_url: str, port: int) -> str:
+    """``http://<the node's host>:<port>/``: where a viewer on that node is opened."""
+    host = urlsplit(node_url).hostname or ""
     host = f"[{host}]" if ":" in host else host
-    return f"http://{host}:{port or VIEWER_BASE_PORT + job.id}/"
+    return f"http://{host}:{port}/"
 
 
 @router.get("/{job_id}/reconstruction.glb", response_class=StreamingResponse, responses={200: {
@@ -134,17 +139,19 @@ async def start_job_viewer(job_id: JobId, store: StoreDep, agents: AgentsDep) ->
     """Start the job's 3D viewer on its gpu node; answers its URL on the node's host."""
     node_url = await _node_url(store, job_id)
     request = agents.client.build_request("POST", f"{node_url}/jobs/{job_id}/viewer")
-    response = await _send(agents, request)
+    info = await read_viewer(await _send(agents, request))
+    return ViewerLink(job_id=job_id, port=info.port, url=url_on_node(node_url, info.port))
+
+
+async def read_viewer(response: httpx.Response) -> ViewerInfo:
+    """The viewer a gpu node answered (a streamed response, closed here)."""
     try:
-        info = ViewerInfo.model_validate_json(await response.aread())
+        return ViewerInfo.model_validate_json(await response.aread())
     except ValidationError:
         raise ApiError("the gpu node answered a viewer this core does not understand", code="agent_error",
                        status_code=502) from None
     finally:
         await response.aclose()
-    host = urlsplit(node_url).hostname or ""
-    host = f"[{host}]" if ":" in host else host
-    return ViewerLink(job_id=job_id, port=info.port, url=f"http://{host}:{info.port}/")
 
 
 @media_router.get("/videos/{storage}/{path:path}/thumbnail", response_class=Response, responses={200: {

@@ -77,5 +77,8 @@ class AgentJob(WireModel):
     files: list[str] = []
     runner_pid: int | None = Field(None, description="pid of the running backend process, if any")
     backend_used: str | None = Field(None, description="the backend that ran (resolves 'auto')")
+    streaming: bool = Field(False, description="the backend started while frames were still landing")
+    ingest_progress: float | None = Field(None, ge=0, le=1, description="frames pulled, 0..1 (None before the ingest)")
+    reconstruct_progress: float | None = Field(None, ge=0, le=1, description="backend's progress, 0..1 (None before it starts)")
     created_at: datetime
     updated_at: datetime

@@ -19,6 +19,8 @@ class GpuAgentSettings(ServiceSettings):
     cpu_jobs: int = Field(1, ge=1, le=16, description="reconstructions on the CPU backend at once")
     jobs_per_gpu: int = Field(1, ge=1, le=8, description="reconstructions per GPU at once")
     ingests: int = Field(4, ge=1, le=64, description="jobs pulling frames at once")
+    ingest_concurrency: int = Field(2, ge=1, le=16, description="videos of one job pulled at once (frames keep a sequential pull's numbers)")
+    stream_reconstruction: bool = Field(True, description="start the backend as frames land, when a reconstruction slot is free and QC filtering is off; false: pull every frame first")
     colmap_max_features: int = Field(4096, ge=64, le=65536, description="colmap backend: SIFT features per frame at most")
     colmap_max_image_size: int = Field(2000, ge=256, le=8192, description="colmap backend: longest side SIFT works at")
     backend_threads: int = Field(0, ge=0, le=256, description="CPU threads for a backend (0: all cores)")

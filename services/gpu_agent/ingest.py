@@ -4,16 +4,21 @@ The storage agent streams a tar (see :mod:`shared.videos`); frames are read as t
 written under a temporary name and renamed, so a frame file that exists is complete. A
 stream that ends without its ``end.json`` member, or whose member says ffmpeg failed, is an
 error: the video is fetched again in full on the next attempt.
+
+The videos of a job may be pulled at once (:class:`OrderedFrames`): each into its own
+staging folder, its frames moved into the job folder, with the numbers a one-by-one pull
+gives them, only once every earlier video is complete.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import tarfile
 import threading
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol
 from urllib.parse import quote
 
 import httpx
@@ -39,6 +44,92 @@ class IngestError(Exception):
 
 class IngestCancelled(Exception):
     pass
+
+
+class CancelFlag(Protocol):
+    def is_set(self) -> bool: ...
+
+
+class AnyOf:
+    """Set when any of its flags is: the job's cancel, or a stop for this ingest only."""
+
+    def __init__(self, *flags: CancelFlag):
+        self.flags = flags
+
+    def is_set(self) -> bool:
+        return any(flag.is_set() for flag in self.flags)
+
+
+def staging_dir(job_dir: Path, video_index: int) -> Path:
+    """Where video ``video_index`` is pulled before its frames join the job folder."""
+    return job_dir / f".video_{video_index}.pulling"
+
+
+class OrderedFrames:
+    """The frames of a job's videos, pulled at once, moved into the job folder in job order.
+
+    Video ``i`` is pulled into :func:`staging_dir` numbered from 1. A frame is moved into
+    the job folder, renamed to its job-wide number, as soon as every earlier video is
+    complete: a reader of the job folder sees frames appear in order, numbered exactly as
+    a one-by-one pull numbers them. ``on_publish(frame, path)`` is called for each, in
+    order. Thread-safe: pull threads call :meth:`add`; the ingest calls :meth:`complete`.
+
+    A video pulled again after an error re-sends its frames from the first: those already
+    moved into the job folder are dropped (the storage agent extracts the same frames
+    for the same video and parameters), the others are staged again.
+    """
+
+    def __init__(self, job_dir: Path, videos: int, *, first_video: int, next_number: int,
+                 on_publish: Callable[[IndexedFrame, Path], None]):  # fmt: skip
+        self.job_dir = job_dir
+        self.head = first_video  # the first video not complete yet: its frames go straight through
+        self.next_number = next_number
+        self.on_publish = on_publish
+        self.published: dict[int, list[IndexedFrame]] = {i: [] for i in range(videos)}
+        self._staged: dict[int, list[tuple[IndexedFrame, Path]]] = {i: [] for i in range(videos)}
+        self._complete: set[int] = set()
+        self._lock = threading.Lock()
+
+    def add(self, video: int, frame: IndexedFrame, path: Path) -> None:
+        with self._lock:
+            if frame.index <= len(self.published[video]):
+                path.unlink(missing_ok=True)  # a retried pull re-sent a frame already in the job folder
+                return
+            self._staged[video].append((frame, path))
+            if video == self.head:
+                self._flush(video)
+
+    def restart(self, video: int) -> None:
+        """Before pulling ``video`` again: forget its staged frames."""
+        with self._lock:
+            for _, path in self._staged[video]:
+                path.unlink(missing_ok=True)
+            self._staged[video] = []
+
+    def complete(self, video: int) -> list[int]:
+        """Mark ``video`` pulled; returns the videos now complete in the job folder, in order."""
+        with self._lock:
+            self._complete.add(video)
+            finished = []
+            while self.head in self._complete:
+                self._flush(self.head)
+                finished.append(self.head)
+                shutil.rmtree(staging_dir(self.job_dir, self.head), ignore_errors=True)
+                self.head += 1
+                if self.head in self._staged:
+                    self._flush(self.head)
+            return finished
+
+    def _flush(self, video: int) -> None:
+        for staged, path in self._staged[video]:
+            frame = IndexedFrame(name=FRAME_NAME_FORMAT.format(self.next_number), index=self.next_number,
+                                 video=video, t_s=staged.t_s)  # fmt: skip
+            target = self.job_dir / frame.name
+            os.replace(path, target)
+            self.next_number += 1
+            self.published[video].append(frame)
+            self.on_publish(frame, target)
+        self._staged[video] = []
 
 
 class _ByteStream:
@@ -103,7 +194,7 @@ def pull_video(
     first_frame: int,
     token: str,
     timeout_s: float,
-    cancel: threading.Event,
+    cancel: CancelFlag,
     on_frame: Callable[[IndexedFrame, Path], None],
 ) -> list[IndexedFrame]:
     """Stream one video's frames into ``job_dir``, numbered from ``first_frame``.

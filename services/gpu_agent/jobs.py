@@ -3,6 +3,14 @@
 A job's ``state.json`` is rewritten atomically on every change. On start the manager
 reloads every ``job_N/state.json``, resumes unfinished jobs from their ``.video_i.done``
 markers and reports folders it does not know instead of deleting them.
+
+A job pulls its videos ``ingest_concurrency`` at a time (:class:`OrderedFrames` keeps the
+numbering of a one-by-one pull). With ``stream_reconstruction`` on, its backend starts
+with ``--follow`` as the ingest starts, when the job holds an ingest slot and a
+reconstruction slot is free right now (it never waits for one while holding an ingest
+slot), its backend is known (``auto`` decides from the catalog's durations) and QC frame
+filtering is off; the agent writes ``.ingest.done`` when the last frame has landed.
+Otherwise frames are pulled first, then reconstructed, as a batch.
 """
 
 from __future__ import annotations
@@ -30,15 +38,19 @@ from shared.logs import current_job
 from shared.procs import Supervised
 from shared.vram import estimate_vram_mib
 
-from services.gpu_agent.backends import OUTPUT_FILES, RUNNER_STAGES, lingbot_unavailable, runner_argv
+from services.gpu_agent.backends import (
+    INGEST_DONE_NAME, OUTPUT_FILES, RUNNER_STAGES, lingbot_unavailable, runner_argv,
+)
 from services.gpu_agent.config import GpuAgentSettings
 from services.gpu_agent.disk import check_free_space, estimate_job_mib
 from services.gpu_agent.nvml import GpuProbe
-from services.gpu_agent.slots import NoGpu, Slots
+from services.gpu_agent.slots import Busy, NoGpu, Slots
 from services.gpu_agent.ingest import (
-    IngestCancelled, IngestError, atomic_write_bytes, fetch_video_info, pull_video,
+    AnyOf, IngestCancelled, IngestError, OrderedFrames, atomic_write_bytes, fetch_video_info, pull_video,
+    staging_dir,
 )
 from services.gpu_agent.qc import JobQc
+from services.gpu_agent.qc.job import resolve_options
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +104,8 @@ class JobManager:
         self._ingest_slots = asyncio.Semaphore(settings.ingests)
         self.slots = Slots(probe, cpu_jobs=settings.cpu_jobs, jobs_per_gpu=settings.jobs_per_gpu)
         self._qc: dict[int, JobQc] = {}  # set up by _ingest, used until the QC report is written
+        #: While a job streams: the ingest's and the backend's last words, shown together.
+        self._notes: dict[int, dict[str, str]] = {}
         #: Read by /metrics (services/gpu_agent/metrics.py); a Counter because ingest threads add to it.
         self.frames_ingested = Counter("cosma_gpu_frames_ingested", "Frames written to job folders", registry=None)
         self.stage_seconds = Histogram(
@@ -231,24 +245,26 @@ class JobManager:
     async def _run(self, job_id: int) -> None:
         current_job.set(job_id)  # this task's log records carry the job id
         try:
-            self.waiting.add(job_id)
-            async with self._ingest_slots:
+            async with contextlib.AsyncExitStack() as stack:
+                self.waiting.add(job_id)
+                await self._ingest_slots.acquire()
+                held = [True]
+
+                def release_ingest_slot() -> None:
+                    if held:
+                        held.pop()
+                        self._ingest_slots.release()
+
+                stack.callback(release_ingest_slot)
                 self.waiting.discard(job_id)
-                with self._timed("extracting", job_id):
-                    await self._ingest(job_id)
-            backend = await asyncio.to_thread(self._choose_backend, job_id)
-            slot = self.slots.gpu(prefer=self.jobs[job_id].spec.gpu_index) if backend == "lingbot" else self.slots.cpu()
-            self.waiting.add(job_id)
-            self._update(job_id, message=f"frames ready; waiting for a free {'GPU' if backend == 'lingbot' else 'CPU'} slot")
-            async with slot as gpu_index:
-                self.waiting.discard(job_id)
-                try:
-                    with self._timed("reconstructing", job_id):
-                        await self._reconstruct(job_id, backend, gpu_index)
-                except BackendFailed as exc:
-                    await self._write_qc(job_id, error=str(exc))  # the operator still sees the frames' QC
-                    raise
-                await self._write_qc(job_id)
+                streaming = await self._streaming_slot(job_id, stack)
+                if streaming is not None:
+                    await self._stream(job_id, *streaming, release_ingest_slot)
+                else:
+                    with self._timed("extracting", job_id):
+                        await self._ingest(job_id)
+                    release_ingest_slot()
+                    await self._batch(job_id)
             files = sorted(p.name for p in self.job_dir(job_id).iterdir()
                            if p.is_file() and not p.name.startswith((".", "frame_")) and p.name != STATE_NAME)
             self._update(job_id, state=JobState.done, stage="done", progress=1.0, message="finished",
@@ -269,6 +285,113 @@ class JobManager:
                          error=f"internal error in the gpu agent ({type(exc).__name__}: {exc}); see its log")
         finally:
             self.waiting.discard(job_id)
+            self._notes.pop(job_id, None)
+
+    async def _batch(self, job_id: int) -> None:
+        """Every frame is in: wait for a reconstruction slot, then run the backend."""
+        backend = await asyncio.to_thread(self._choose_backend, job_id)
+        slot = self.slots.gpu(prefer=self.jobs[job_id].spec.gpu_index) if backend == "lingbot" else self.slots.cpu()
+        self.waiting.add(job_id)
+        self._update(job_id, message=f"frames ready; waiting for a free {'GPU' if backend == 'lingbot' else 'CPU'} slot")
+        async with slot as gpu_index:
+            self.waiting.discard(job_id)
+            try:
+                with self._timed("reconstructing", job_id):
+                    await self._reconstruct(job_id, backend, gpu_index)
+            except BackendFailed as exc:
+                await self._write_qc(job_id, error=str(exc))  # the operator still sees the frames' QC
+                raise
+            await self._write_qc(job_id)
+
+    async def _streaming_slot(self, job_id: int, stack: contextlib.AsyncExitStack) -> tuple[str, int | None] | None:
+        """(backend, GPU index) with a reconstruction slot entered on ``stack`` when the job
+        streams; None (and the reason in the job's message) when it runs as a batch."""
+        if not self.settings.stream_reconstruction:
+            return None
+        spec = self.jobs[job_id].spec
+        if resolve_options(spec, self.settings)[1].enabled:
+            self._update(job_id, message="QC frame filtering is on: it judges a frame by later ones, so every frame "
+                                         "is pulled before the reconstruction starts (no streaming)")  # fmt: skip
+            return None
+        backend = spec.backend
+        if backend == "auto":
+            expected = await self._expected_frames(spec)
+            if expected is None:
+                self._update(job_id, message="auto: the catalog does not say how long the videos are, so the backend "
+                                             "is chosen once every frame is in (no streaming)")  # fmt: skip
+                return None
+            backend = await asyncio.to_thread(self._choose_backend, job_id, expected)
+        try:
+            slot = self.slots.gpu(prefer=spec.gpu_index, wait=False) if backend == "lingbot" else self.slots.cpu(wait=False)
+            gpu_index = await stack.enter_async_context(slot)
+        except Busy as exc:
+            self._update(job_id, message=f"{exc}: pulling every frame first, then reconstructing (no streaming)")
+            return None
+        return backend, gpu_index
+
+    async def _expected_frames(self, spec: JobSpec) -> int | None:
+        """Frames the job will have, from the catalog's durations; None when one is unknown."""
+        infos = await asyncio.gather(*(asyncio.to_thread(fetch_video_info, v, token=self.token, timeout_s=10)
+                                       for v in spec.videos))
+        total = 0
+        for info in infos:
+            if info is None or not info.duration_s:
+                if spec.extract.max_frames is None:
+                    return None
+                total += spec.extract.max_frames
+                continue
+            count = max(1, int(info.duration_s * spec.extract.fps))
+            total += min(count, spec.extract.max_frames or count)
+        return total
+
+    async def _stream(self, job_id: int, backend: str, gpu_index: int | None, release_ingest_slot) -> None:
+        """Ingest with the backend following the frames; the backend ends the job's work."""
+        job_dir = self.job_dir(job_id)
+        (job_dir / INGEST_DONE_NAME).unlink(missing_ok=True)
+        for name in OUTPUT_FILES:
+            (job_dir / name).unlink(missing_ok=True)
+        self._notes[job_id] = {"ingest": "", "backend": ""}
+        self._update(job_id, backend_used=backend, streaming=True, reconstruct_progress=0.0)
+        argv = self._runner_argv(job_id, backend, job_dir, gpu_index, follow=True)
+        stop = threading.Event()
+        started = time.monotonic()
+        proc = await self._start_runner(job_id, backend, argv)
+        runner = asyncio.create_task(self._read_runner(job_id, proc), name=f"job-{job_id}-runner")
+        ingest = asyncio.create_task(self._ingest(job_id, stop=stop), name=f"job-{job_id}-ingest")
+        try:
+            await asyncio.wait({runner, ingest}, return_when=asyncio.FIRST_COMPLETED)
+            if not ingest.done():
+                rc = runner.result()
+                stop.set()
+                await asyncio.gather(ingest, return_exceptions=True)
+                why = proc.describe_exit(rc) if rc else f"the {backend} backend exited before the last frame landed"
+                raise BackendFailed(f"reconstruction failed while frames were landing: {why}")
+            ingest.result()  # an ingest error ends the job here; the backend is stopped below
+            self._observe("extracting", job_id, time.monotonic() - started)
+            release_ingest_slot()
+            atomic_write_bytes(job_dir / INGEST_DONE_NAME, json.dumps({"frames": self.jobs[job_id].frames}).encode())
+            await asyncio.to_thread(self._qc[job_id].frames_for_backend)  # judges the frames (no filter here)
+            notes = self._notes.pop(job_id, {})
+            self._update(job_id, state=JobState.reconstructing, stage="reconstructing",
+                         progress=self.jobs[job_id].reconstruct_progress or 0.0,
+                         message=notes.get("backend") or f"{backend}: all {self.jobs[job_id].frames} frames in")
+            rc = await runner
+            if rc != 0:
+                raise BackendFailed(f"reconstruction failed: {proc.describe_exit(rc)}")
+            self._check_outputs(job_id, backend)
+            self._observe("reconstructing", job_id, time.monotonic() - started)
+        except BackendFailed as exc:
+            await self._write_qc(job_id, error=str(exc))
+            raise
+        finally:
+            stop.set()
+            for task in (ingest, runner):
+                task.cancel()
+            await asyncio.gather(ingest, runner, return_exceptions=True)
+            if proc.proc.returncode is None:
+                await proc.terminate(self.settings.cancel_grace_s)
+            self._update(job_id, runner_pid=None)
+        await self._write_qc(job_id)
 
     def _load_index(self, job_dir: Path, spec: JobSpec) -> FrameIndex:
         """The frames of fully ingested videos; frames of a partial video are removed."""
@@ -283,82 +406,133 @@ class JobManager:
         for stale in job_dir.glob("frame_*.jpg"):
             if stale.name not in keep:
                 stale.unlink()
+        for i in range(len(spec.videos)):
+            shutil.rmtree(staging_dir(job_dir, i), ignore_errors=True)
         return index
 
-    async def _ingest(self, job_id: int) -> None:
+    async def _ingest(self, job_id: int, *, stop: threading.Event | None = None) -> None:
+        """Pull the videos not yet complete, ``ingest_concurrency`` at a time; ``stop`` ends it early."""
         job = self.jobs[job_id]
         spec = job.spec
         job_dir = self.job_dir(job_id)
         index = self._load_index(job_dir, spec)
         n = len(spec.videos)
-        self._update(job_id, state=JobState.extracting, stage="extracting",
-                     message=f"pulling frames of {n} video(s)", frames=len(index.frames))
-        cancel = self._cancel_events[job_id]
+        self._update(job_id, state=JobState.extracting, stage="extracting", frames=len(index.frames),
+                     ingest_progress=len(index.videos) / n)
+        self._note(job_id, "ingest", f"pulling frames of {n} video(s)")
+        halt = stop if stop is not None else threading.Event()  # set: every pull of this job stops
+        cancel = AnyOf(self._cancel_events[job_id], halt)
         loop = asyncio.get_running_loop()
         qc = self._qc[job_id] = JobQc.for_job(job_id, job_dir, spec, self.settings)
         await asyncio.to_thread(qc.resume, index.frames)
-        for i, source in enumerate(spec.videos):
-            if (job_dir / f".video_{i}.done").exists():
-                continue
-            count = 0
+        pulled: dict[int, int] = {}  # frames pulled so far of each video being pulled
+
+        def progress() -> None:
+            job = self.jobs[job_id]
             expected = spec.extract.max_frames
+            within = sum(min(c / expected, 0.99) for c in pulled.values()) if expected else 0.0
+            share = (job.videos_done + within) / n
+            active = ", ".join(str(i + 1) for i in sorted(pulled))
+            self._note(job_id, "ingest", f"video {active}/{n}: {job.frames} frames" if active else
+                       f"{job.frames} frames of {n} video(s)", progress=share, ingest_progress=share)  # fmt: skip
 
-            def on_frame(frame: IndexedFrame, _path: Path, i=i) -> None:
-                nonlocal count
-                qc.observe(frame, _path)  # frame QC as frames land: no second pass over the files
-                count += 1
-                self.frames_ingested.inc()
-                within = min(count / expected, 0.99) if expected else 0.0
-                loop.call_soon_threadsafe(lambda c=count, w=within: self._update(
-                    job_id, progress=(i + w) / n, frames=len(index.frames) + c,
-                    message=f"video {i + 1}/{n}: {c} frames"))
+        def on_publish(frame: IndexedFrame, path: Path) -> None:  # in job order, from any thread
+            qc.observe(frame, path)  # frame QC as frames land: no second pass over the files
+            self.frames_ingested.inc()
+            loop.call_soon_threadsafe(lambda: (self._update(job_id, frames=self.jobs[job_id].frames + 1), progress()))
 
-            first = len(index.frames) + 1
-            for retry in range(self.settings.ingest_retries + 1):
-                try:
-                    frames = await asyncio.to_thread(
-                        pull_video, source, spec.extract, job_dir, video_index=i,
-                        first_frame=first, token=self.token,
-                        timeout_s=self.settings.storage_timeout_s, cancel=cancel, on_frame=on_frame)
-                    break
-                except IngestError as exc:
-                    if not exc.retryable or retry == self.settings.ingest_retries:
-                        raise
-                    delay_s = max(INGEST_BACKOFF_S * 2**retry, exc.retry_after_s or 0.0)
-                    log.warning("job %s: %s; trying again in %.0f s", job_id, exc, delay_s)
-                    self._update(job_id, message=f"{exc}; trying again in {delay_s:.0f} s")
-                    for stale in job_dir.glob("frame_*.jpg"):
-                        if int(stale.stem[6:]) >= first:
-                            stale.unlink()
-                    count = 0
-                    await asyncio.sleep(delay_s)
-            info = await asyncio.to_thread(fetch_video_info, source, token=self.token)
-            index.frames.extend(frames)
-            index.videos.append(IndexedVideo(index=i, path=source.path,
-                                             native_width=info.width if info else None,
-                                             native_height=info.height if info else None))
-            atomic_write_bytes(job_dir / FRAMES_INDEX_NAME, index.model_dump_json(indent=1).encode())
-            atomic_write_bytes(job_dir / f".video_{i}.done", b"")
-            self._update(job_id, progress=(i + 1) / n, videos_done=i + 1, frames=len(index.frames))
+        todo = [i for i in range(len(index.videos), n)]
+        ordered = OrderedFrames(job_dir, n, first_video=len(index.videos), next_number=len(index.frames) + 1,
+                                on_publish=on_publish)
+        limit = asyncio.Semaphore(self.settings.ingest_concurrency)
+        in_order = asyncio.Lock()  # markers are written in the order videos complete in the job folder
+
+        async def pull(i: int) -> None:
+            source = spec.videos[i]
+            async with limit:
+                if cancel.is_set():
+                    raise IngestCancelled()
+                staging = staging_dir(job_dir, i)
+                staging.mkdir(exist_ok=True)
+                pulled[i] = 0
+
+                def on_frame(frame: IndexedFrame, path: Path) -> None:
+                    ordered.add(i, frame, path)
+                    pulled[i] = frame.index
+                    loop.call_soon_threadsafe(progress)
+
+                for retry in range(self.settings.ingest_retries + 1):
+                    try:
+                        await asyncio.to_thread(
+                            pull_video, source, spec.extract, staging, video_index=i, first_frame=1,
+                            token=self.token, timeout_s=self.settings.storage_timeout_s, cancel=cancel,
+                            on_frame=on_frame)  # fmt: skip
+                        break
+                    except IngestError as exc:
+                        if not exc.retryable or retry == self.settings.ingest_retries:
+                            raise
+                        delay_s = max(INGEST_BACKOFF_S * 2**retry, exc.retry_after_s or 0.0)
+                        log.warning("job %s: %s; trying again in %.0f s", job_id, exc, delay_s)
+                        self._note(job_id, "ingest", f"{exc}; trying again in {delay_s:.0f} s")
+                        ordered.restart(i)
+                        pulled[i] = 0
+                        await asyncio.sleep(delay_s)
+                info = await asyncio.to_thread(fetch_video_info, source, token=self.token)
+                videos[i] = IndexedVideo(index=i, path=source.path, native_width=info.width if info else None,
+                                         native_height=info.height if info else None)  # fmt: skip
+            async with in_order:
+                finished = await asyncio.to_thread(ordered.complete, i)
+                pulled.pop(i, None)
+                for v in finished:
+                    index.frames.extend(ordered.published[v])
+                    index.videos.append(videos[v])
+                    atomic_write_bytes(job_dir / FRAMES_INDEX_NAME, index.model_dump_json(indent=1).encode())
+                    atomic_write_bytes(job_dir / f".video_{v}.done", b"")
+                    self._update(job_id, videos_done=v + 1, frames=len(index.frames))
+                progress()
+
+        videos: dict[int, IndexedVideo] = {}
+        tasks = [asyncio.create_task(pull(i), name=f"job-{job_id}-video-{i}") for i in todo]
+        try:
+            await asyncio.gather(*tasks)
+        except BaseException:
+            halt.set()  # the other pulls stop at their next frame
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+        self._update(job_id, progress=1.0, ingest_progress=1.0)
+
+    def _note(self, job_id: int, part: str, text: str, **changes) -> AgentJob:
+        """Say ``text`` as the job's message; while it streams, beside the other part's words."""
+        notes = self._notes.get(job_id)
+        if notes is None or self.jobs[job_id].state != JobState.extracting:
+            return self._update(job_id, message=text, **changes)
+        notes[part] = text
+        return self._update(job_id, message="; ".join(t for t in notes.values() if t), **changes)
 
     @contextlib.contextmanager
     def _timed(self, stage: str, job_id: int):
         """Observe a stage's duration and frame rate when it finishes without an error."""
         started = time.monotonic()
         yield
-        elapsed_s = max(time.monotonic() - started, 1e-6)
+        self._observe(stage, job_id, time.monotonic() - started)
+
+    def _observe(self, stage: str, job_id: int, elapsed_s: float) -> None:
+        elapsed_s = max(elapsed_s, 1e-6)
         self.stage_seconds.labels(stage).observe(elapsed_s)
         self.stage_fps.labels(stage).set(self.jobs[job_id].frames / elapsed_s)
         log.info("job %s: %s took %.1f s", job_id, stage, elapsed_s)
 
-    def _choose_backend(self, job_id: int) -> str:
-        """The backend to run: the job's, or for ``auto`` lingbot when it can run and fits."""
+    def _choose_backend(self, job_id: int, frames: int | None = None) -> str:
+        """The backend to run: the job's, or for ``auto`` lingbot when it can run and fits
+        ``frames`` frames (default: the frames ingested)."""
         job = self.jobs[job_id]
         if job.spec.backend != "auto":
             return job.spec.backend
         gpus, _ = self.probe.read()
         reason = lingbot_unavailable(gpus, self.settings.lingbot_python, self.settings.lingbot_checkpoint)
-        need_mib = estimate_vram_mib("lingbot", job.frames, job.spec.extract.width, None)
+        need_mib = estimate_vram_mib("lingbot", job.frames if frames is None else frames, job.spec.extract.width, None)
         best_free = max((g.memory_free_mib for g in gpus), default=0)
         if reason is None and best_free < need_mib:
             reason = f"lingbot needs ~{need_mib} MiB of GPU memory, the freest GPU has {best_free} MiB"
@@ -372,26 +546,17 @@ class JobManager:
         job_dir = self.job_dir(job_id)
         for name in OUTPUT_FILES:
             (job_dir / name).unlink(missing_ok=True)
+            for partial in job_dir.glob(f".{name}.*.tmp"):  # half-written by a run killed with its agent
+                partial.unlink(missing_ok=True)
         where = f" on GPU {gpu_index}" if gpu_index is not None else ""
         self._update(job_id, state=JobState.reconstructing, stage="reconstructing", backend_used=backend,
+                     streaming=False, reconstruct_progress=0.0,
                      message=f"{backend}: starting on {job.frames} frames{where}")
         qc = self._qc.get(job_id)
         frames_dir = await asyncio.to_thread(qc.frames_for_backend) if qc else job_dir  # only kept frames
-        argv = runner_argv(backend, frames_dir, job_dir, threads=self.settings.backend_threads,
-                           lingbot_python=self.settings.lingbot_python,
-                           lingbot_checkpoint=self.settings.lingbot_checkpoint, gpu_index=gpu_index,
-                           colmap_max_features=self.settings.colmap_max_features,
-                           colmap_max_image_size=self.settings.colmap_max_image_size)
-        log_path = job_dir / BACKEND_LOG_NAME
-        with open(log_path, "a") as log:
-            log.write(f"--- {_now().isoformat(timespec='seconds')} {backend}: {' '.join(argv)}\n")
-        proc = await Supervised.start(argv, cwd=job_dir, log_path=log_path)
-        # runner_pid: so a restarted agent can stop an orphan; the log is served while it runs.
-        self._update(job_id, runner_pid=proc.pid, files=sorted({*self.jobs[job_id].files, BACKEND_LOG_NAME}))
+        proc = await self._start_runner(job_id, backend, self._runner_argv(job_id, backend, frames_dir, gpu_index))
         try:
-            while line := await proc.stdout.readline():
-                self._on_progress(job_id, line)
-            rc = await proc.wait()
+            rc = await self._read_runner(job_id, proc)
         except asyncio.CancelledError:
             await proc.terminate(self.settings.cancel_grace_s)
             raise
@@ -400,7 +565,34 @@ class JobManager:
                 self._update(job_id, runner_pid=None)
         if rc != 0:
             raise BackendFailed(f"reconstruction failed: {proc.describe_exit(rc)}")
-        missing = [name for name in OUTPUT_FILES if not (job_dir / name).exists()]
+        self._check_outputs(job_id, backend)
+
+    def _runner_argv(self, job_id: int, backend: str, frames_dir: Path, gpu_index: int | None, *,
+                     follow: bool = False) -> list[str]:  # fmt: skip
+        return runner_argv(backend, frames_dir, self.job_dir(job_id), threads=self.settings.backend_threads,
+                           lingbot_python=self.settings.lingbot_python,
+                           lingbot_checkpoint=self.settings.lingbot_checkpoint, gpu_index=gpu_index,
+                           colmap_max_features=self.settings.colmap_max_features,
+                           colmap_max_image_size=self.settings.colmap_max_image_size, follow=follow)  # fmt: skip
+
+    async def _start_runner(self, job_id: int, backend: str, argv: list[str]) -> Supervised:
+        job_dir = self.job_dir(job_id)
+        log_path = job_dir / BACKEND_LOG_NAME
+        with open(log_path, "a") as log:
+            log.write(f"--- {_now().isoformat(timespec='seconds')} {backend}: {' '.join(argv)}\n")
+        proc = await Supervised.start(argv, cwd=job_dir, log_path=log_path)
+        # runner_pid: so a restarted agent can stop an orphan; the log is served while it runs.
+        self._update(job_id, runner_pid=proc.pid, files=sorted({*self.jobs[job_id].files, BACKEND_LOG_NAME}))
+        return proc
+
+    async def _read_runner(self, job_id: int, proc: Supervised) -> int:
+        """Turn the runner's progress lines into the job's; its exit code."""
+        while line := await proc.stdout.readline():
+            self._on_progress(job_id, line)
+        return await proc.wait()
+
+    def _check_outputs(self, job_id: int, backend: str) -> None:
+        missing = [name for name in OUTPUT_FILES if not (self.job_dir(job_id) / name).exists()]
         if missing:
             raise BackendFailed(f"the {backend} backend exited without writing {', '.join(missing)}")
 
@@ -424,4 +616,7 @@ class JobManager:
         stages = RUNNER_STAGES.get(self.jobs[job_id].backend_used or self.jobs[job_id].spec.backend, ())
         share = (stages.index(stage) + min(max(progress, 0.0), 1.0)) / len(stages) if stage in stages else 0.0
         message = str(event.get("message") or stage)
-        self._update(job_id, progress=share, message=message)
+        if job_id in self._notes:  # streaming, frames still landing: the stage's progress is the ingest's
+            self._note(job_id, "backend", f"{self.jobs[job_id].backend_used}: {message}", reconstruct_progress=share)
+        else:
+            self._update(job_id, progress=share, reconstruct_progress=share, message=message)

@@ -1,4 +1,9 @@
-"""Reconstruction slots: how many backends run at once, on the CPU and on each GPU."""
+"""Reconstruction slots: how many backends run at once, on the CPU and on each GPU.
+
+``wait=False`` takes a slot only if one is free now, else raises :class:`Busy`: a job that
+would stream its frames into the backend asks so while it holds an ingest slot, and a job
+never waits for a reconstruction slot while holding an ingest slot (no deadlock).
+"""
 
 from __future__ import annotations
 
@@ -14,6 +19,10 @@ class NoGpu(Exception):
     pass
 
 
+class Busy(Exception):
+    """No slot is free right now (only with ``wait=False``)."""
+
+
 class Slots:
     """``cpu_jobs`` CPU reconstructions at once; ``jobs_per_gpu`` per GPU, on the GPU with most free memory."""
 
@@ -25,12 +34,14 @@ class Slots:
         self._changed = asyncio.Condition()
 
     @contextlib.asynccontextmanager
-    async def cpu(self) -> AsyncIterator[None]:
+    async def cpu(self, *, wait: bool = True) -> AsyncIterator[None]:
+        if not wait and self._cpu.locked():
+            raise Busy("every CPU reconstruction slot is taken")
         async with self._cpu:
             yield None
 
     @contextlib.asynccontextmanager
-    async def gpu(self, prefer: int | None = None) -> AsyncIterator[int]:
+    async def gpu(self, prefer: int | None = None, *, wait: bool = True) -> AsyncIterator[int]:
         """Wait for a GPU with a free slot (``prefer``'s when it is free); yields its index."""
         async with self._changed:
             while True:
@@ -43,6 +54,8 @@ class Slots:
                     index = max(chosen, key=lambda g: g.memory_free_mib).index
                     self._running[index] += 1
                     break
+                if not wait:
+                    raise Busy("every GPU reconstruction slot is taken")
                 await self._changed.wait()
         try:
             yield index

@@ -253,6 +253,41 @@ def test_sigterm_mid_run_exits_promptly_leaving_no_process(job, tmp_path):
 
 
 @needs_torch
+def test_follow_mode_loads_the_checkpoint_while_frames_land_then_matches_a_batch_run(job, streamed, tmp_path):
+    """--follow: the checkpoint is loaded before any frame exists; once .ingest.done is written
+    the run is the batch one (same args as ``streamed``: same cameras)."""
+    frames, out = tmp_path / "frames", tmp_path / "out"
+    frames.mkdir()
+    argv = [sys.executable, str(LINGBOT_RUNNER), "--frames", str(frames), "--out", str(out),
+            "--checkpoint", str(job / "lingbot-map.pt"), "--device", "cpu", "--tier", "medium",
+            "--keyframe-interval", "3", "--follow"]  # fmt: skip
+    proc = subprocess.Popen(argv, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # fmt: skip
+    try:
+        seen = []
+        for line in proc.stdout:  # before any frame lands
+            seen.append(json.loads(line))
+            if "waiting for the rest" in seen[-1]["message"]:
+                break
+        assert [e["message"] for e in seen[:2]] == ["loading the checkpoint lingbot-map.pt", "checkpoint loaded"]
+        assert "0 frames landed" in seen[-1]["message"]
+        for name in ["frames.json", *(f"frame_{k:06d}.jpg" for k in range(1, N_FRAMES + 1))]:
+            (frames / name).write_bytes((job / name).read_bytes())
+        (frames / ".ingest.done").write_text(json.dumps({"frames": N_FRAMES}))
+        rest, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 0, stderr
+    assert sum(e["stage"] == "loading" and e["progress"] == 0.0 for e in seen + events(rest)) == 1  # loaded once
+    followed, batch = read_cameras(out / "cameras.json"), read_cameras(streamed["out"] / "cameras.json")
+    assert [f.name for f in followed.frames] == [f.name for f in batch.frames]
+    for a, b in zip(followed.frames, batch.frames):
+        np.testing.assert_allclose(a.c2w, b.c2w, atol=1e-6)
+
+
+@needs_torch
 def test_checkpoint_problems_are_reported(job, tmp_path):
     import torch
 
@@ -290,6 +325,9 @@ def test_runner_argv_for_lingbot(tmp_path):
                        lingbot_checkpoint=Path("/models/lingbot-map.pt"), gpu_index=1)  # fmt: skip
     assert argv == ["/opt/lb/bin/python", str(LINGBOT_RUNNER), "--frames", str(tmp_path / "f"), "--out",
                     str(tmp_path / "o"), "--checkpoint", "/models/lingbot-map.pt", "--device", "cuda:1"]  # fmt: skip
+    follow = runner_argv("lingbot", tmp_path / "f", tmp_path / "o", threads=0, lingbot_python=Path("/opt/lb/bin/python"),
+                         lingbot_checkpoint=Path("/models/lingbot-map.pt"), gpu_index=1, follow=True)  # fmt: skip
+    assert follow == [*argv, "--follow"]
     with pytest.raises(ValueError, match="not configured"):
         runner_argv("lingbot", tmp_path, tmp_path, threads=0)
 

@@ -12,6 +12,10 @@ from pathlib import Path
 
 from shared.gpu import BackendInfo, GpuInfo
 
+#: Written atomically into the job folder by the gpu agent once every frame has landed
+#: (JSON ``{"frames": N}``); a runner started with ``--follow`` matches and maps then.
+#: lingbot_runner.py, which cannot import this package, spells the same name.
+INGEST_DONE_NAME = ".ingest.done"
 #: Files every backend writes into the job folder.
 OUTPUT_FILES = ("reconstruction.ply", "cameras.json")
 #: The progress stages each runner reports, in order (to turn them into one job progress).
@@ -29,7 +33,8 @@ LINGBOT_RUNNER = Path(__file__).resolve().parent / "lingbot_runner.py"
 def runner_argv(backend: str, frames_dir: Path, out_dir: Path, *, threads: int,
                 lingbot_python: Path | None = None, lingbot_checkpoint: Path | None = None,
                 gpu_index: int | None = None, colmap_max_features: int | None = None,
-                colmap_max_image_size: int | None = None) -> list[str]:  # fmt: skip
+                colmap_max_image_size: int | None = None, follow: bool = False) -> list[str]:  # fmt: skip
+    """The runner's command line; ``follow``: it starts before the last frame lands (see INGEST_DONE_NAME)."""
     if backend == "colmap":
         argv = [sys.executable, "-m", "services.gpu_agent.backends.colmap_runner",
                 "--frames", str(frames_dir), "--out", str(out_dir)]
@@ -39,13 +44,13 @@ def runner_argv(backend: str, frames_dir: Path, out_dir: Path, *, threads: int,
             argv += ["--max-image-size", str(colmap_max_image_size)]
         if threads > 0:
             argv += ["--threads", str(threads)]
-        return argv
+        return argv + (["--follow"] if follow else [])
     if backend == "lingbot":
         if lingbot_python is None or lingbot_checkpoint is None:
             raise ValueError("backend 'lingbot' is not configured on this node (lingbot_python, lingbot_checkpoint)")
         return [str(lingbot_python), str(LINGBOT_RUNNER), "--frames", str(frames_dir), "--out", str(out_dir),
                 "--checkpoint", str(lingbot_checkpoint),
-                "--device", "cuda" if gpu_index is None else f"cuda:{gpu_index}"]  # fmt: skip
+                "--device", "cuda" if gpu_index is None else f"cuda:{gpu_index}"] + (["--follow"] if follow else [])  # fmt: skip
     raise ValueError(f"backend {backend!r} cannot run on this node")
 
 

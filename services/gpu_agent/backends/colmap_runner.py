@@ -4,6 +4,11 @@ Run as a subprocess by the gpu agent::
 
     python -m services.gpu_agent.backends.colmap_runner --frames DIR --out DIR [--threads N]
 
+With ``--follow`` it starts before the last frame has landed: it extracts SIFT features of
+each frame as it appears in ``--frames`` (in frame order, a frame file that exists being
+complete), and matches and maps once the agent writes ``.ingest.done`` there. The outputs
+are those of a run started after the last frame (same database, same order).
+
 Reads ``frame_%06d.jpg`` (and ``frames.json`` when present) from ``--frames``; writes
 ``reconstruction.ply`` and ``cameras.json`` atomically into ``--out``, with the colmap
 database and sparse models under ``OUT/colmap/``. Progress goes to stdout as JSON lines
@@ -29,6 +34,7 @@ from typing import TextIO
 import numpy as np
 import pycolmap
 
+from services.gpu_agent.backends import INGEST_DONE_NAME
 from services.gpu_agent.backends.colmap_stats import write_colmap_stats
 from shared.cameras import (
     CAMERAS_NAME,
@@ -66,6 +72,9 @@ SEQUENTIAL_OVERLAP = 10
 #: per-call set-up (thread pools, SIFT and matcher state).
 EXTRACT_CHUNKS = 20
 MATCH_CHUNKS = 20
+#: --follow: how often the frames folder is looked at, and the most frames per SIFT call.
+FOLLOW_POLL_S = 0.2
+FOLLOW_CHUNK = 32
 #: Smallest model kept, in frames: a 3-frame model is still worth showing.
 MIN_MODEL_SIZE = 3
 
@@ -108,6 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-image-size", type=int, default=MAX_IMAGE_SIZE,
                         help="longest image side SIFT works at (frames are downscaled to it)")
     parser.add_argument("--verbose", action="store_true", help="keep COLMAP's INFO logs")
+    parser.add_argument("--follow", action="store_true",
+                        help=f"start before the last frame lands: SIFT on frames as they appear, "
+                             f"matching and mapping once {INGEST_DONE_NAME} is written")
     args = parser.parse_args(argv)
     if not (64 <= args.max_features <= 65536) or not (256 <= args.max_image_size <= 8192):
         parser.error("--max-features must be within 64..65536 and --max-image-size within 256..8192")
@@ -123,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         reconstruct(args.frames, args.out, threads=max(1, args.threads), camera_model=args.camera_model,
-                    progress=progress, sift=SiftParams(args.max_features, args.max_image_size))
+                    progress=progress, sift=SiftParams(args.max_features, args.max_image_size), follow=args.follow)
     except RunnerError as exc:
         print(str(exc), file=sys.stderr, flush=True)
         return EXIT_FAILED
@@ -141,10 +153,10 @@ class SiftParams:
 
 
 def reconstruct(frames_dir: Path, out_dir: Path, *, threads: int, camera_model: str, progress: Progress,
-                sift: SiftParams = SiftParams()) -> None:
+                sift: SiftParams = SiftParams(), follow: bool = False) -> None:
     started = time.monotonic()
-    frames = list_frames(frames_dir)
-    index = load_frame_index(frames_dir)
+    if not follow:
+        frames = list_frames(frames_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     scratch = out_dir / "colmap"
     # A database from an interrupted run may hold half an image; starting afresh is simplest.
@@ -153,7 +165,14 @@ def reconstruct(frames_dir: Path, out_dir: Path, *, threads: int, camera_model: 
     database = scratch / "database.db"
     pycolmap.set_random_seed(0)
 
-    extract(database, frames_dir, frames, threads=threads, camera_model=camera_model, progress=progress, sift=sift)
+    if follow:
+        frames = follow_extract(database, frames_dir, threads=threads, camera_model=camera_model, progress=progress,
+                                sift=sift)
+    else:
+        extract(database, frames_dir, frames, threads=threads, camera_model=camera_model, progress=progress,
+                sift=sift)
+    check_features(database, frames_dir, len(frames))
+    index = load_frame_index(frames_dir)  # read after the last frame: it lists every video
     match(database, scratch, threads=threads, progress=progress)
     model = map_frames(database, frames_dir, scratch / "sparse", len(frames), threads=threads, progress=progress)
 
@@ -228,12 +247,26 @@ def load_frame_index(frames_dir: Path) -> FrameIndex | None:
         return None
 
 
+def _reader_options(camera_model: str) -> pycolmap.ImageReaderOptions:
+    reader = pycolmap.ImageReaderOptions()
+    reader.camera_model = camera_model
+    return reader
+
+
+def _sift_options(threads: int, sift: SiftParams) -> pycolmap.FeatureExtractionOptions:
+    options = pycolmap.FeatureExtractionOptions()
+    options.num_threads = threads
+    options.max_image_size = sift.max_image_size
+    options.sift.max_num_features = sift.max_features
+    options.sift.first_octave = FIRST_OCTAVE
+    return options
+
+
 def extract(database: Path, frames_dir: Path, frames: list[Frame], *, threads: int, camera_model: str,
             progress: Progress, sift: SiftParams) -> None:
     """SIFT on the CPU, one shared camera per frame size, in chunks to report progress."""
     readable = [frame for frame in frames if frame.size is not None]
-    reader = pycolmap.ImageReaderOptions()
-    reader.camera_model = camera_model
+    reader = _reader_options(camera_model)
     pycolmap.Database.open(database).close()  # import_images needs the file to exist
     # Importing first fixes each frame's camera: all frames of one size share one camera,
     # so the chunked extraction below does not create a camera per chunk.
@@ -241,11 +274,7 @@ def extract(database: Path, frames_dir: Path, frames: list[Frame], *, threads: i
         names = [frame.name for frame in readable if frame.size == size]
         pycolmap.import_images(database, frames_dir, pycolmap.CameraMode.SINGLE, names, reader)
 
-    options = pycolmap.FeatureExtractionOptions()
-    options.num_threads = threads
-    options.max_image_size = sift.max_image_size
-    options.sift.max_num_features = sift.max_features
-    options.sift.first_octave = FIRST_OCTAVE
+    options = _sift_options(threads, sift)
     chunk = max(4 * threads, math.ceil(len(readable) / EXTRACT_CHUNKS))
     progress("features", 0.0, f"SIFT on {len(readable)} frames")
     for start in range(0, len(readable), chunk):
@@ -256,6 +285,112 @@ def extract(database: Path, frames_dir: Path, frames: list[Frame], *, threads: i
         done = min(len(readable), start + chunk)
         progress("features", done / len(readable), f"SIFT on {done} of {len(readable)} frames")
 
+
+class FollowedFolder:
+    """The frames of a folder still being filled, handed out in frame order.
+
+    Before ``.ingest.done`` exists only an unbroken run of frame numbers is handed out: a
+    directory listing may show a frame whose predecessor it missed. After it, every frame.
+    """
+
+    def __init__(self, frames_dir: Path):
+        self.frames_dir = frames_dir
+        self.taken: list[Frame] = []
+        self._names: set[str] = set()
+        self.announced: int | None = None  # the frame count in .ingest.done
+
+    def finished(self) -> bool:
+        sentinel = self.frames_dir / INGEST_DONE_NAME
+        if not sentinel.exists():
+            return False
+        try:
+            self.announced = int(json.loads(sentinel.read_text())["frames"])
+        except (OSError, ValueError, KeyError, TypeError):
+            self.announced = None
+        return True
+
+    def new_frames(self, *, finished: bool) -> list[Frame]:
+        if not self.frames_dir.is_dir():
+            return []
+        paths = sorted((int(m.group(1)), p) for p in self.frames_dir.iterdir()
+                       if (m := FRAME_PATTERN.fullmatch(p.name)) and p.name not in self._names)  # fmt: skip
+        last = self.taken[-1].index if self.taken else 0
+        new = []
+        for number, path in paths:
+            if not finished and number != last + 1:
+                break
+            if not path.is_file():
+                continue
+            new.append(Frame(path.name, number, jpeg_size(path)))
+            last = number
+        self.taken += new
+        self._names.update(frame.name for frame in new)
+        return new
+
+
+def follow_extract(database: Path, frames_dir: Path, *, threads: int, camera_model: str, progress: Progress,
+                   sift: SiftParams, poll_s: float = FOLLOW_POLL_S) -> list[Frame]:
+    """SIFT on each frame as it lands, until ``.ingest.done``; returns every frame, in order.
+
+    Frames are imported in frame order, all of one size on one camera, as :func:`extract`
+    does, so the database is the one a batch run builds.
+    """
+    pycolmap.Database.open(database).close()
+    folder = FollowedFolder(frames_dir)
+    reader = _reader_options(camera_model)
+    options = _sift_options(threads, sift)
+    cameras: dict[tuple[int, int], int] = {}
+    parent = os.getppid()
+    progress("features", 0.0, f"waiting for frames in {frames_dir}")
+    while True:
+        finished = folder.finished()  # before listing: once it exists, every frame is there
+        new = folder.new_frames(finished=finished)
+        for start in range(0, len(new), FOLLOW_CHUNK):
+            _import_and_extract(database, frames_dir, new[start : start + FOLLOW_CHUNK], cameras, reader, options)
+            done = len(folder.taken) - len(new) + min(len(new), start + FOLLOW_CHUNK)
+            progress("features", 0.0, f"SIFT on {done} frames so far; more are landing")
+        if finished:
+            break
+        if not new:
+            if os.getppid() != parent:
+                raise RunnerError("the gpu agent that started this runner is gone before all frames landed; stopping")
+            time.sleep(poll_s)
+    frames = folder.taken
+    if not frames:
+        raise RunnerError(f"no frames (frame_NNNNNN.jpg) in {frames_dir}")
+    if folder.announced is not None and folder.announced != len(frames):
+        raise RunnerError(f"{INGEST_DONE_NAME} announces {folder.announced} frames but {frames_dir} holds "
+                          f"{len(frames)}; the ingest and this runner disagree: run the job again")  # fmt: skip
+    if all(frame.size is None for frame in frames):
+        raise RunnerError(f"none of the {len(frames)} frames in {frames_dir} is a readable JPEG image")
+    readable = sum(frame.size is not None for frame in frames)
+    progress("features", 1.0, f"SIFT on {readable} of {readable} frames")
+    return frames
+
+
+def _import_and_extract(database: Path, frames_dir: Path, frames: list[Frame], cameras: dict[tuple[int, int], int],
+                        reader: pycolmap.ImageReaderOptions, options: pycolmap.FeatureExtractionOptions) -> None:
+    readable = [frame for frame in frames if frame.size is not None]
+    if len(readable) < len(frames):
+        log.warning("skipping unreadable frames: %s", ", ".join(f.name for f in frames if f.size is None))
+    for size in dict.fromkeys(frame.size for frame in readable):  # sizes in frame order
+        names = [frame.name for frame in readable if frame.size == size]
+        reader.existing_camera_id = cameras.get(size, -1)
+        pycolmap.import_images(database, frames_dir, pycolmap.CameraMode.SINGLE, names, reader)
+        if size not in cameras:
+            db = pycolmap.Database.open(database)
+            try:
+                cameras[size] = next(i.camera_id for i in db.read_all_images() if i.name == names[0])
+            finally:
+                db.close()
+    reader.existing_camera_id = -1
+    if readable:
+        pycolmap.extract_features(database, frames_dir, [f.name for f in readable], pycolmap.CameraMode.SINGLE,
+                                  reader, options, pycolmap.Device.cpu)  # fmt: skip
+
+
+def check_features(database: Path, frames_dir: Path, total: int) -> None:
+    """Fail readably when SIFT found too little to match."""
     db = pycolmap.Database.open(database)
     try:
         keypoints = [db.num_keypoints_for_image(image.image_id) for image in db.read_all_images()]
@@ -266,7 +401,7 @@ def extract(database: Path, frames_dir: Path, frames: list[Frame], *, threads: i
              sum(keypoints) / max(1, len(keypoints)))
     if with_features < 2:
         raise RunnerError(
-            f"SIFT found features in only {with_features} of {len(frames)} frames in {frames_dir}: "
+            f"SIFT found features in only {with_features} of {total} frames in {frames_dir}: "
             "the frames may be unreadable, black or textureless"
         )
 

@@ -5,7 +5,7 @@ Run by the gpu agent with LingBot-Map's own interpreter (``lingbot_python``)::
     python lingbot_runner.py --frames DIR --out DIR --checkpoint PATH [--device cuda]
         [--tier auto|large|medium|small] [--mode auto|streaming|windowed]
         [--keyframe-interval N] [--conf-threshold 1.5] [--pixel-stride 4]
-        [--max-points 2000000] [--free-vram-mib N]
+        [--max-points 2000000] [--free-vram-mib N] [--follow]
 
 It imports only the stdlib, numpy, torch and ``lingbot_map`` (+ Pillow, which LingBot-Map
 needs): none of this project's packages, which that environment lacks. Its pure helpers,
@@ -15,6 +15,11 @@ frame), ``cameras.json`` (the schema of ``shared/cameras.py``) and ``lingbot_sta
 (tier, mode, frames/s, VRAM peak, per-frame confidence). Progress: JSON lines
 ``{"stage", "progress", "message"}`` on stdout, stages ``loading``, ``inference``,
 ``writing``; logs on stderr. Exit 2: failed, the last stderr line says why; 143: SIGTERM.
+
+``--follow``: started while the agent is still pulling frames. Only the checkpoint load
+(and torch's start) overlaps the ingest: the memory tier, the streaming/windowed choice
+and the keyframe interval all depend on the frame count, known once the agent writes
+``.ingest.done``; inference then runs as without ``--follow``.
 """
 
 from __future__ import annotations
@@ -54,6 +59,8 @@ STAGES = ("loading", "inference", "writing")
 PLY_NAME, CAMERAS_NAME, STATS_NAME, FRAMES_INDEX_NAME = (
     "reconstruction.ply", "cameras.json", "lingbot_stats.json", "frames.json")  # fmt: skip
 C2W_CONVENTION = "opencv c2w (x right, y down, z forward)"  # shared.cameras.C2W_CONVENTION
+INGEST_DONE_NAME = ".ingest.done"  # services.gpu_agent.backends.INGEST_DONE_NAME
+FOLLOW_POLL_S = 0.2
 FRAME_PATTERN = re.compile(r"frame_(\d{6,})\.jpg")
 EXIT_FAILED, EXIT_CANCELLED = 2, 128 + signal.SIGTERM
 #: Upstream's RoPE limit on scale frames + keyframes in one stream.
@@ -105,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pixel-stride", type=int, default=4, help="unproject every n-th pixel row and column")
     parser.add_argument("--max-points", type=int, default=2_000_000, help="voxel-grid cap on the point count")
     parser.add_argument("--free-vram-mib", type=int, default=None, help="override the measured free VRAM")
+    parser.add_argument("--follow", action="store_true",
+                        help=f"started before the last frame lands: load the checkpoint, then wait for {INGEST_DONE_NAME}")
     args = parser.parse_args(argv)
 
     # Upstream and tqdm print to stdout; progress must own it: keep a private copy of
@@ -134,20 +143,19 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace, progress: Progress) -> None:
+    state_dict = None
+    if args.follow:  # the checkpoint load overlaps the ingest; the rest needs every frame
+        torch = _import_torch(args)
+        state_dict = _load_with_progress(torch, args, progress)
+        wait_for_ingest(args.frames, progress)
     frames = list_frames(args.frames)
     index = load_frame_index(args.frames)
     size = frame_size(args.frames, frames)
-    if not args.checkpoint.is_file():
-        raise RunnerError(f"lingbot: checkpoint not found at {args.checkpoint}")
-    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")  # before CUDA starts
-    import torch
+    torch = _import_torch(args)
 
     n = len(frames)
     in_w, in_h = vram.lingbot_input_size(*size)
     device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RunnerError("lingbot: no CUDA device is visible to LingBot-Map's torch; check the driver and "
-                          "CUDA_VISIBLE_DEVICES, or run the colmap backend")  # fmt: skip
     free_mib = args.free_vram_mib
     if free_mib is None and device.type == "cuda":
         free_mib = torch.cuda.mem_get_info(device)[0] // 2**20
@@ -159,9 +167,8 @@ def run(args: argparse.Namespace, progress: Progress) -> None:
     log.info("%d frames of %dx%d (model input %dx%d), %s mode, keyframe interval %d, free VRAM %s MiB, tier %s",
              n, *size, in_w, in_h, mode, interval, free_mib, first.name)
 
-    progress("loading", 0.0, f"loading the checkpoint {args.checkpoint.name}")
-    state_dict = load_checkpoint(torch, args.checkpoint)
-    progress("loading", 1.0, "checkpoint loaded")
+    if state_dict is None:
+        state_dict = _load_with_progress(torch, args, progress)
 
     started = time.monotonic()
     retries = []
@@ -208,6 +215,39 @@ def run(args: argparse.Namespace, progress: Progress) -> None:
     }  # fmt: skip
     write_json(args.out / STATS_NAME, stats)
     progress("writing", 1.0, f"{n} frames, {points} points, {stats['fps']} frames/s, tier {tier.name}")
+
+
+def _import_torch(args: argparse.Namespace):
+    if not args.checkpoint.is_file():
+        raise RunnerError(f"lingbot: checkpoint not found at {args.checkpoint}")
+    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")  # before CUDA starts
+    import torch
+
+    if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
+        raise RunnerError("lingbot: no CUDA device is visible to LingBot-Map's torch; check the driver and "
+                          "CUDA_VISIBLE_DEVICES, or run the colmap backend")  # fmt: skip
+    return torch
+
+
+def _load_with_progress(torch, args: argparse.Namespace, progress: Progress) -> dict:
+    progress("loading", 0.0, f"loading the checkpoint {args.checkpoint.name}")
+    state_dict = load_checkpoint(torch, args.checkpoint)
+    progress("loading", 1.0, "checkpoint loaded")
+    return state_dict
+
+
+def wait_for_ingest(frames_dir: Path, progress: Progress, poll_s: float = FOLLOW_POLL_S) -> None:
+    """Until the agent writes ``.ingest.done``; gives up when the agent that started us is gone."""
+    parent, landed = os.getppid(), -1
+    while not (frames_dir / INGEST_DONE_NAME).exists():
+        if os.getppid() != parent:
+            raise RunnerError("lingbot: the gpu agent that started this runner is gone before all frames landed; "
+                              "stopping")  # fmt: skip
+        count = sum(1 for p in frames_dir.iterdir() if FRAME_PATTERN.fullmatch(p.name)) if frames_dir.is_dir() else 0
+        if count != landed:
+            landed = count
+            progress("loading", 1.0, f"checkpoint loaded; {count} frames landed, waiting for the rest")
+        time.sleep(poll_s)
 
 
 # --- inputs ------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from services.storage_agent.frames import Busy, Extractor
 from services.storage_agent.metrics import install_storage_metrics
 from services.storage_agent.paths import StorageRoots
 from services.storage_agent.probecache import ProbeCache
+from services.storage_agent.segments import cpu_cores
 from services.storage_agent.thumbnail import Thumbnailer
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,11 @@ def create_app(settings: StorageSettings) -> FastAPI:
                         probe_concurrency=settings.probe_concurrency, cache=ProbeCache(settings.state_dir)),
         extractor=Extractor(max_concurrent=settings.max_concurrent_extractions,
                             wait_s=settings.extraction_wait_s, stall_timeout_s=settings.stall_timeout_s,
-                            max_queued=settings.max_queued_extractions),
+                            max_queued=settings.max_queued_extractions,
+                            decode_processes=settings.resolved_decode_processes(cpu_cores()),
+                            min_segment_s=settings.min_segment_s,
+                            segment_buffer_bytes=settings.segment_buffer_mib << 20,
+                            probe_timeout_s=settings.probe_timeout_s),
         thumbnailer=Thumbnailer(concurrency=settings.probe_concurrency, timeout_s=settings.probe_timeout_s),
     )
 

@@ -33,10 +33,35 @@ class StorageSettings(ServiceSettings):
         30.0, ge=0, le=3600,
         description="seconds a queued frames request waits for a free extraction slot before a 503",
     )
+    cpu_share: float = Field(
+        1.0, gt=0, le=1,
+        description="share of this node's CPU cores frame extraction may keep busy; sets the default of "
+                    "decode_processes (cores x share)",
+    )
+    decode_processes: int | None = Field(
+        None, ge=1, le=256,
+        description="ffmpeg decode processes all frame extractions together may run at once: a long video's "
+                    "time segments are decoded in parallel within it (each extraction always runs one); "
+                    "below max_concurrent_extractions it lowers that too; default: cores x cpu_share, "
+                    "at least max_concurrent_extractions",
+    )
+    min_segment_s: float = Field(
+        30.0, ge=0.5, le=86_400,
+        description="seconds of video a time segment must have to get its own ffmpeg (shorter videos: one pass)",
+    )
+    segment_buffer_mib: int = Field(
+        64, ge=1, le=4096,
+        description="MiB of JPEGs a segment decoded ahead of the one being streamed may hold before its "
+                    "ffmpeg waits",
+    )
     stall_timeout_s: float = Field(
         120.0, gt=0, le=3600,
         description="seconds ffmpeg may go without producing output before it is stopped",
     )
+
+    def resolved_decode_processes(self, cores: int) -> int:
+        """``decode_processes``, or ``cores`` x ``cpu_share`` but no fewer than ``max_concurrent_extractions``."""
+        return self.decode_processes or max(self.max_concurrent_extractions, round(cores * self.cpu_share))
 
     @field_validator("roots")
     @classmethod

@@ -37,6 +37,9 @@ from services.storage_agent.showinfo import LOGLEVEL as SHOWINFO_LOGLEVEL, Showi
 from services.storage_agent.jpeg import JpegSplitter, JpegStreamError
 from services.storage_agent.paths import ResolvedVideo
 from services.storage_agent.probe import VideoFacts
+from services.storage_agent.segments import (
+    ProcessBudget, Segment, SegmentedExtraction, cpu_cores, probe_seams, seam_targets, seconds_text, split_window,
+)
 from services.storage_agent.tarstream import end_members, frame_member
 
 log = logging.getLogger(__name__)
@@ -47,6 +50,9 @@ READ_CHUNK_BYTES = 256 * 1024
 #: "num/den" it is given as a double and keeps num and den within ~1e6, as this does.
 _MAX_DENOMINATOR = 1_000_000
 
+
+#: Segments per process an extraction is cut into at most (when long enough).
+SEGMENTS_PER_PROCESS = 3
 
 #: Bounds of the Retry-After a busy answer suggests, in seconds.
 RETRY_AFTER_MIN_S = 2
@@ -84,9 +90,14 @@ class ExtractionPlan:
         """Seconds into the video of the frame at ``index`` (from 0) of the output."""
         return self.start_s + float(index / self.rate)
 
-    def argv(self, file: Path) -> list[str]:
+    def argv(self, file: Path, *, segment: Segment | None = None, threads: int | None = None) -> list[str]:
+        """The ffmpeg command; for one ``segment`` of a segment-parallel extraction (see
+        :mod:`~services.storage_agent.segments`), with ``threads`` decoding and filter threads."""
         seek = ["-ss", f"{self.start_s:.6f}"] if self.start_s > 0 else []
         limit = ["-t", f"{self.limit_s:.6f}"] if self.limit_s is not None else []
+        if segment is not None and segment.seek_us is not None:
+            # Same timestamps as the single pass (-itsoffset), from the seam's key frame on (trim).
+            seek = ["-ss", seconds_text(segment.seek_us), "-itsoffset", seconds_text(segment.offset_us)]
         if self.keyframes:
             # Keep a key frame only if it is at least 1/rate after the last one kept: the fps
             # filter would instead repeat frames to fill the gaps between key frames.
@@ -95,14 +106,27 @@ class ExtractionPlan:
                        "showinfo=checksum=0"]  # per-plane checksums and stats cost ~10 ms a 1080p frame
         else:
             filters = [f"fps=fps={self.rate.numerator}/{self.rate.denominator}"]
+        if segment is not None and segment.start_pts is not None:
+            filters.insert(0, f"trim=start_pts={segment.start_pts}")
         if self.width is not None:
             filters.append(f"scale={self.width}:-2")  # -2: even height, as encoders need
-        cap = ["-frames:v", str(self.max_frames)] if self.max_frames is not None else []
+        frames = self.max_frames
+        if segment is not None:
+            frames = segment.frames if segment.frames is not None else (
+                None if self.max_frames is None else self.max_frames - segment.first)
+        cap = ["-frames:v", str(frames)] if frames is not None else []
         if self.keyframes:
             logging_ = ["-loglevel", SHOWINFO_LOGLEVEL, "-nostats"]
             decode, sync = ["-skip_frame", "nokey"], ["-fps_mode", "passthrough"]
         else:
             logging_, decode, sync = ["-loglevel", "error"], [], []
+        if threads is not None:
+            logging_ += ["-filter_threads", str(threads)]
+            decode = [*decode, "-threads", str(threads)]
+        if segment is not None and not sync:
+            # The fps filter already made the frames; ffmpeg's default (cfr) output timing
+            # would pad a segment starting at slot N with N copies of its first frame.
+            sync = ["-fps_mode", "passthrough"]
         return [
             fftools.FFMPEG, "-nostdin", "-hide_banner", *logging_,
             *seek, *limit, *decode, *fftools.input_args(file),
@@ -142,7 +166,35 @@ def _fraction(value: float) -> Fraction:
     return Fraction(value).limit_denominator(_MAX_DENOMINATOR)
 
 
-class Extraction:
+class _Reporting:
+    """Progress and status of an extraction, single pass or segmented."""
+
+    video: ResolvedVideo
+    plan: ExtractionPlan
+    frames: int
+    last_t_s: float | None
+    started_at: float
+
+    @property
+    def progress(self) -> float | None:
+        """Share of the work done: frames of those expected, else time covered of the window."""
+        if self.plan.expected_frames:
+            return min(1.0, self.frames / self.plan.expected_frames)
+        if self.plan.window_s:
+            covered = 0.0 if self.last_t_s is None else self.last_t_s - self.plan.start_s
+            return max(0.0, min(1.0, covered / self.plan.window_s))
+        return None
+
+    def status(self) -> ExtractionStatus:
+        progress = self.progress
+        return ExtractionStatus(
+            path=self.video.path, state="running", keyframes=self.plan.keyframes, frames=self.frames,
+            expected_frames=self.plan.expected_frames, progress=None if progress is None else round(progress, 4),
+            elapsed_s=round(time.monotonic() - self.started_at, 3),
+        )
+
+
+class Extraction(_Reporting):
     """One running ffmpeg and the tar stream of its frames. :meth:`close` is idempotent."""
 
     def __init__(self, video: ResolvedVideo, plan: ExtractionPlan, proc: Supervised, *,
@@ -199,24 +251,6 @@ class Extraction:
             return None
         return None if t is None or math.isnan(t) else round(self.plan.start_s + t, 6)
 
-    @property
-    def progress(self) -> float | None:
-        """Share of the work done: frames of those expected, else time covered of the window."""
-        if self.plan.expected_frames:
-            return min(1.0, self.frames / self.plan.expected_frames)
-        if self.plan.window_s:
-            covered = 0.0 if self.last_t_s is None else self.last_t_s - self.plan.start_s
-            return max(0.0, min(1.0, covered / self.plan.window_s))
-        return None
-
-    def status(self) -> ExtractionStatus:
-        progress = self.progress
-        return ExtractionStatus(
-            path=self.video.path, state="running", keyframes=self.plan.keyframes, frames=self.frames,
-            expected_frames=self.plan.expected_frames, progress=None if progress is None else round(progress, 4),
-            elapsed_s=round(time.monotonic() - self.started_at, 3),
-        )
-
     async def _read(self) -> bytes:
         """The next bytes from ffmpeg; empty at its end, or when it stalled."""
         try:
@@ -254,6 +288,10 @@ class Extraction:
             self._on_close(self)
 
 
+class Segmented(_Reporting, SegmentedExtraction):
+    """A segment-parallel extraction (:mod:`~services.storage_agent.segments`)."""
+
+
 @dataclass(eq=False)
 class _Waiting:
     path: str
@@ -265,33 +303,79 @@ class Extractor:
     """At most ``max_concurrent`` extractions at once; up to ``max_queued`` more wait ``wait_s``
     in arrival order, then get :class:`Busy` (503 with ``Retry-After``)."""
 
-    def __init__(self, *, max_concurrent: int, wait_s: float, stall_timeout_s: float, max_queued: int = 8):
-        self.max_concurrent = max_concurrent
+    def __init__(self, *, max_concurrent: int, wait_s: float, stall_timeout_s: float, max_queued: int = 8,
+                 decode_processes: int = 1, min_segment_s: float = 30.0, segment_buffer_bytes: int = 64 << 20,
+                 probe_timeout_s: float = 30.0, cores: int | None = None):
+        #: ffmpeg decode processes, all extractions together: each holds one, segments take more.
+        self.processes = ProcessBudget(decode_processes)
+        self.max_concurrent = min(max_concurrent, decode_processes)
         self.max_queued = max_queued
-        self.running: set[Extraction] = set()
+        self.running: set[Extraction | Segmented] = set()
         self.waiting: collections.deque[_Waiting] = collections.deque()
         #: Frames and tar bytes of ended extractions; with ``running`` they make :meth:`totals`.
         self.frames_done = 0
         self.bytes_done = 0
+        self.segmented_total = 0
+        """Extractions decoded in several segments since start."""
+        self.min_segment_s = min_segment_s
+        self.cores = cores or cpu_cores()
+        self._segment_buffer_bytes = segment_buffer_bytes
+        self._probe_timeout_s = probe_timeout_s
         self._totals_lock = threading.Lock()  # /metrics reads totals from a worker thread
-        self._slots = asyncio.Semaphore(max_concurrent)  # FIFO for waiters since Python 3.11
+        self._slots = asyncio.Semaphore(self.max_concurrent)  # FIFO for waiters since Python 3.11
         self._wait_s = wait_s
         self._stall_timeout_s = stall_timeout_s
 
-    async def start(self, video: ResolvedVideo, plan: ExtractionPlan) -> Extraction:
-        await self._acquire(video, plan)
+    async def start(self, video: ResolvedVideo, plan: ExtractionPlan, *,
+                    segments: int | None = None) -> Extraction | Segmented:
+        """Admit an extraction and start its ffmpeg: one, or the first of several time segments.
+
+        ``segments`` caps the processes this extraction may run at once (1 = single pass);
+        by default the node's ``decode_processes``.
+        """
+        await self._acquire(video, plan)  # a slot, and a process token held until close
         try:
-            proc = await fftools.start(plan.argv(video.file),
-                                       process_class=ShowinfoProcess if plan.keyframes else Supervised)
+            parallel = min(segments or self.processes.limit, self.processes.limit)
+            split = await self._split(video, plan, parallel)
+            if len(split) > 1:
+                parallel = min(parallel, len(split))
+                extraction = Segmented(
+                    video, plan, split, budget=self.processes, parallel=parallel,
+                    threads=max(1, self.cores // parallel), buffer_bytes=self._segment_buffer_bytes,
+                    stall_timeout_s=self._stall_timeout_s, on_close=self._closed)
+                await extraction.begin()
+                self.segmented_total += 1
+            else:
+                proc = await fftools.start(plan.argv(video.file),
+                                           process_class=ShowinfoProcess if plan.keyframes else Supervised)
+                extraction = Extraction(video, plan, proc, stall_timeout_s=self._stall_timeout_s,
+                                        on_close=self._closed)
         except BaseException:
+            self.processes.give()
             self._slots.release()
             raise
-        extraction = Extraction(video, plan, proc, stall_timeout_s=self._stall_timeout_s, on_close=self._closed)
         self.running.add(extraction)
         return extraction
 
+    async def _split(self, video: ResolvedVideo, plan: ExtractionPlan, parallel: int) -> list[Segment]:
+        """Time segments worth decoding in parallel, or [] for a single pass (see ``segments``)."""
+        if parallel < 2 or plan.keyframes or plan.limit_s is not None or not plan.window_s:
+            return []
+        # More segments than processes, so that tokens come back often (a waiting request gets
+        # the next one) and segments ahead stay short; each seam costs an ffmpeg start and a seek.
+        count = min(SEGMENTS_PER_PROCESS * parallel, int(plan.window_s // self.min_segment_s))
+        if count < 2:
+            return []
+        seams = await probe_seams(video.file, plan.start_s, seam_targets(plan.start_s, plan.window_s, count),
+                                  timeout_s=self._probe_timeout_s)
+        if seams is None:
+            log.info("%s: its key frames could not be read for segments; decoding it in one pass", video.path)
+            return []
+        return split_window(plan.start_s, plan.rate, plan.max_frames, seams)
+
     async def _acquire(self, video: ResolvedVideo, plan: ExtractionPlan) -> None:
-        if self._slots.locked() and len(self.waiting) >= self.max_queued:
+        full = self._slots.locked() or self.processes.in_use >= self.processes.limit
+        if full and len(self.waiting) >= self.max_queued:
             raise Busy(f"this node already runs {self.max_concurrent} frame extraction(s), its limit, and "
                        f"{len(self.waiting)} more wait; retry later", retry_after_s=self.retry_after_s())
         waiting = _Waiting(video.path, plan.keyframes, time.monotonic())
@@ -300,6 +384,11 @@ class Extractor:
         try:
             with anyio.move_on_after(self._wait_s):
                 await self._slots.acquire()
+                try:
+                    await self.processes.take()
+                except BaseException:
+                    self._slots.release()
+                    raise
                 acquired = True
         finally:
             self.waiting.remove(waiting)
@@ -329,11 +418,12 @@ class Extractor:
             for i, w in enumerate(list(self.waiting), start=1)
         ]
 
-    def _closed(self, extraction: Extraction) -> None:
+    def _closed(self, extraction: Extraction | Segmented) -> None:
         with self._totals_lock:
             self.running.discard(extraction)
             self.frames_done += extraction.frames
             self.bytes_done += extraction.bytes
+        self.processes.give()  # the extraction's own token; a segmented one gave back its extras
         self._slots.release()
 
     def totals(self) -> tuple[int, int]:

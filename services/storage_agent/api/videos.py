@@ -6,12 +6,13 @@ from typing import Annotated
 
 import anyio
 from fastapi import APIRouter, Query
+from pydantic import Field
 from fastapi.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from shared.videos import FrameParams, RecordingList, ThumbnailParams, VideoInfo, VideoList
 from services.storage_agent.api.deps import AgentDep
-from services.storage_agent.frames import Extraction, plan_extraction
+from services.storage_agent.frames import Extraction, Segmented, plan_extraction
 from services.storage_agent.probe import ProbeError, VideoUnreadable
 
 router = APIRouter(tags=["videos"])
@@ -27,7 +28,7 @@ class ExtractionResponse(StreamingResponse):
     clean-up never runs.
     """
 
-    def __init__(self, extraction: Extraction):
+    def __init__(self, extraction: Extraction | Segmented):
         super().__init__(extraction.tar_chunks(), media_type=TAR_MEDIA_TYPE,
                          headers={"Cache-Control": "no-store"})
         self.extraction = extraction
@@ -63,6 +64,17 @@ async def list_recordings(agent: AgentDep, folder: FolderQuery = None) -> Record
     return await agent.catalog.recordings(folder or None)
 
 
+class FramesQuery(FrameParams):
+    """The frames route's query: :class:`FrameParams` and this node's own decoding option."""
+
+    segments: Annotated[int | None, Field(
+        ge=1, le=64,
+        description="most ffmpeg processes this extraction may run at once, each decoding a time segment "
+                    "(1 = one pass; default: the node's decode_processes; always within it, and only for "
+                    "videos of at least two min_segment_s, not in keyframes mode); for benchmarks and tests",
+    )] = None
+
+
 @router.get(
     "/videos/{path:path}/frames",
     status_code=200,  # ExtractionResponse has no status_code default for the OpenAPI generator to read
@@ -70,7 +82,7 @@ async def list_recordings(agent: AgentDep, folder: FolderQuery = None) -> Record
     responses={200: {"content": {TAR_MEDIA_TYPE: {}}, "description": "tar of frame_%06d.jpg, then end.json"}},
 )
 async def stream_frames(
-    path: str, params: Annotated[FrameParams, Query()], agent: AgentDep
+    path: str, params: Annotated[FramesQuery, Query()], agent: AgentDep
 ) -> ExtractionResponse:
     """Sample frames with ffmpeg on this node and stream them as a tar while they are made."""
     video = agent.roots.resolve(path)
@@ -79,7 +91,7 @@ async def stream_frames(
     except ProbeError as exc:
         raise VideoUnreadable(f"cannot read video {path!r}: {exc.reason}") from None
     plan = plan_extraction(params, facts)
-    extraction = await agent.extractor.start(video, plan)
+    extraction = await agent.extractor.start(video, plan, segments=params.segments)
     return ExtractionResponse(extraction)
 
 

@@ -99,9 +99,11 @@ def _node_event(node: Node, now: datetime, message: str = "", state: str | None 
 class Store:
     def __init__(self, engine: Engine):
         self.engine = engine
+        self._sqlite_search: bool | None = None  # the FTS5 table of migration 0003 exists (checked once)
 
     def migrate(self) -> tuple[str | None, str]:
         """Bring the schema to the newest revision (see :mod:`services.core.migrate`)."""
+        self._sqlite_search = None
         return migrate.upgrade(self.engine)
 
     create_tables = migrate  # the name the skeleton used
@@ -296,10 +298,11 @@ class Store:
     ) -> tuple[list[Job], int]:
         """A page of jobs, newest first, and how many match the filters in all.
 
-        ``text`` matches the message, error or recording (case-insensitive) or any video
-        path; ``before_id`` is the cursor: only jobs older than that id.
+        ``text`` matches a substring (case-insensitive, ``%`` and ``_`` literal) of the message,
+        error or recording, or of any video path; ``before_id`` is the cursor: only jobs older
+        than that id.
         """
-        where = _job_filters(states, node, text)
+        where = self._job_filters(states, node, text)
         page = [*where, Job.id < before_id] if before_id is not None else where
         with self.session() as session:
             total = session.exec(select(func.count()).select_from(Job).where(*where)).one()
@@ -312,27 +315,73 @@ class Store:
         self, *, states: Iterable[JobState] | None = None, node: str | None = None, text: str | None = None,
         before_id: int | None = None, limit: int = 100, offset: int = 0,
     ) -> tuple[list[dict[str, Any]], int]:
-        """:meth:`list_jobs` as plain dicts (every column, and ``videos``: ``(storage, path)``
-        in order), read in one transaction without building ORM objects: what the API lists."""
+        """:meth:`list_jobs` as plain dicts, read in one transaction without ORM objects: what
+        the API lists. Keys are :data:`JOB_LIST_FIELDS`, in that order (``files``: the stored
+        names; ``videos``: ``{"storage", "path"}`` dicts in order)."""
         jobs = Job.__table__
         videos_t = JobVideo.__table__
-        where = _job_filters(states, node, text)
+        where = self._job_filters(states, node, text)
         page = [*where, jobs.c.id < before_id] if before_id is not None else where
         with self.engine.connect() as conn:
             total = conn.execute(sa.select(func.count()).select_from(jobs).where(*where)).scalar_one()
-            result = conn.execute(sa.select(jobs).where(*page).order_by(jobs.c.id.desc()).offset(offset).limit(limit))
-            keys = list(result.keys())
-            rows = [dict(zip(keys, row)) for row in result.all()]
-            by_id = {row["id"]: row for row in rows}
+            result = conn.execute(sa.select(*_list_columns()).where(*page).order_by(jobs.c.id.desc())
+                                  .offset(offset).limit(limit))
+            rows = [dict(zip(JOB_LIST_FIELDS, row)) for row in result.all()]
+            by_id = {}
             for row in rows:
-                row["videos"] = []
+                row["videos"] = by_id[row["id"]] = []
             if by_id:
                 for job_id, storage, path in conn.execute(
                     sa.select(videos_t.c.job_id, videos_t.c.storage, videos_t.c.path)
                     .where(videos_t.c.job_id.in_(list(by_id))).order_by(videos_t.c.job_id, videos_t.c.position)
                 ).all():
-                    by_id[job_id]["videos"].append((storage, path))
+                    by_id[job_id].append({"storage": storage, "path": path})
         return rows, int(total)
+
+    def _job_filters(self, states: Iterable[JobState] | None, node: str | None, text: str | None) -> list:
+        """The WHERE clauses of a job listing (see :meth:`list_jobs`)."""
+        jobs = Job.__table__
+        where = []
+        if states:
+            where.append(jobs.c.state.in_(list(states)))
+        if node:
+            where.append(jobs.c.node == node)
+        if text:
+            where.append(self._text_match(text))
+        return where
+
+    def _text_match(self, text: str) -> sa.ColumnElement:
+        """Jobs whose message, error, recording or a video path contains ``text``.
+
+        With the search index of migration 0003 (SQLite: the FTS5 trigram table ``job_text``;
+        PostgreSQL: ``pg_trgm`` indexes, which serve the ``ILIKE`` per column below) this reads
+        only the matching rows; without it, the same query scans.
+        """
+        jobs, videos = Job.__table__, JobVideo.__table__
+        dialect = self.engine.dialect.name
+        if dialect == "sqlite" and len(text) >= 3 and self._has_sqlite_search():
+            # A quoted FTS5 phrase of trigrams: the substring, case-folded; no operators inside.
+            return jobs.c.id.in_(sa.select(_JOB_TEXT.c.rowid).where(
+                _JOB_TEXT.c.body.op("MATCH")('"' + text.replace('"', '""') + '"')))
+        pattern = "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        if dialect == "postgresql":
+            # One SELECT per indexed column: an OR across them (and the videos) would scan.
+            return jobs.c.id.in_(sa.union(*(
+                sa.select(column.table.c.job_id if column.table is videos else jobs.c.id)
+                .where(column.ilike(pattern, escape="\\"))
+                for column in (jobs.c.message, jobs.c.error, jobs.c.recording, videos.c.path))))
+        # SQLite with text under 3 characters (no trigram) or without FTS5: a scan, as before 0003.
+        pattern = pattern.lower()
+        return or_(*(func.lower(column).like(pattern, escape="\\") for column in (
+            jobs.c.message, jobs.c.error, jobs.c.recording)),
+            jobs.c.id.in_(sa.select(videos.c.job_id).where(func.lower(videos.c.path).like(pattern, escape="\\"))))
+
+    def _has_sqlite_search(self) -> bool:
+        if self._sqlite_search is None:
+            with self.engine.connect() as conn:
+                self._sqlite_search = conn.exec_driver_sql(
+                    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'job_text'").first() is not None
+        return self._sqlite_search
 
     def queued_jobs(self) -> list[Job]:
         """Queued jobs in the order placement takes them: priority, then oldest first."""
@@ -684,19 +733,19 @@ class JobRow:
         return self.run_backend or self.backend
 
 
-def _job_filters(states: Iterable[JobState] | None, node: str | None, text: str | None) -> list:
-    """The WHERE clauses of a job listing (see :meth:`Store.list_jobs`)."""
-    where = []
-    if states:
-        where.append(col(Job.state).in_(list(states)))
-    if node:
-        where.append(Job.node == node)
-    if text:
-        pattern = f"%{text.lower()}%"
-        in_videos = select(JobVideo.job_id).where(func.lower(JobVideo.path).like(pattern))
-        where.append(or_(func.lower(Job.message).like(pattern), func.lower(Job.error).like(pattern),
-                         func.lower(Job.recording).like(pattern), col(Job.id).in_(in_videos)))
-    return where
+#: The fields of a job as the API lists it (:class:`services.core.models.JobPublic`, in its
+#: order: the response is serialized from these dicts as they are).
+JOB_LIST_FIELDS = ("id", "state", "stage", "progress", "message", "error", "node", "gpu_index", "attempt", "backend",
+                   "run_backend", "priority", "cpu_fallback", "recording", "fps", "width", "max_frames",
+                   "frames_estimate", "videos", "files", "created_at", "updated_at", "started_at", "finished_at")
+
+#: The FTS5 table of migration 0003 (SQLite): rowid = job id, body = its searchable text.
+_JOB_TEXT = sa.table("job_text", sa.column("rowid", sa.Integer), sa.column("body", sa.Text))
+
+
+def _list_columns() -> list:
+    jobs = Job.__table__
+    return [sa.null().label(name) if name == "videos" else jobs.c[name] for name in JOB_LIST_FIELDS]
 
 
 def _videos_of(session: Session, job_ids: Iterable[int]) -> dict[int, list[JobVideo]]:

@@ -50,6 +50,17 @@ class UtcDateTime(sa.TypeDecorator):
         value = value.astimezone(timezone.utc)
         return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
 
+    def result_processor(self, dialect, coltype):
+        if dialect.name != "sqlite":
+            return super().result_processor(dialect, coltype)
+
+        # SQLite keeps "YYYY-MM-DD HH:MM:SS[.ffffff]" text: fromisoformat (C) instead of
+        # SQLAlchemy's regular-expression parser, then UTC; a third of a list's read was this.
+        def process(value: str | None) -> datetime | None:
+            return None if value is None else datetime.fromisoformat(value).replace(tzinfo=timezone.utc)
+
+        return process
+
     def process_result_value(self, value: datetime | None, dialect) -> datetime | None:
         if value is None:
             return None

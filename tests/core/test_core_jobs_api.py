@@ -148,3 +148,35 @@ async def test_every_write_needs_the_token(tmp_path):
                 assert resp.status_code == 401, (method, url, headers)
                 assert resp.json()["error"]["code"] == "unauthorized"
         assert (await client.get("/api/v1/jobs")).status_code == 200  # reads are public
+
+
+async def test_the_list_is_the_json_of_the_job_models(tmp_path, storage):
+    """The list is serialized straight from the store's rows (no models): the same JSON, byte for
+    byte, as JobsPublic, and each job the same fields in the same order as GET /jobs/{id}."""
+    from shared.jobs import AgentJob, JobSpec, JobState, VideoSource
+    from services.core.models import JobPublic, JobsPublic
+    from services.core.store import JOB_LIST_FIELDS, utcnow
+
+    assert JOB_LIST_FIELDS == tuple(JobPublic.model_fields)
+    async with running_core(core_settings(tmp_path)) as (app, client):
+        await add_node(client, "st", "storage", storage.url)
+        ids = [(await submit(client, path, fps=1.5, width=None, max_frames=7, priority=3))["id"]
+               for path in ("GX010042.MP4", "GX020042.MP4")]
+        store, now = app.state.store, utcnow()
+        store.assign(ids[0], attempt=1, node="g1", lease_s=30, now=now, gpu_index=1, backend="colmap")
+        spec = JobSpec(job_id=ids[0], attempt=1, videos=[VideoSource(storage_url="http://st", path="a.MP4")])
+        store.apply_report(ids[0], AgentJob(job_id=ids[0], attempt=1, spec=spec, state=JobState.done, stage="done",
+                                            progress=1.0, files=["reconstruction.ply", "a b#.json"], created_at=now,
+                                            updated_at=now), node="g1", lease_s=30, now=now)
+        resp = await client.get("/api/v1/jobs", params={"limit": 1})
+        page = resp.json()
+        assert resp.headers["content-type"] == "application/json" and page["next_cursor"] == ids[1]
+        assert resp.content == JobsPublic.model_validate(page).model_dump_json().encode()
+        for params in ({"limit": 1}, {"cursor": ids[1]}):
+            job = (await client.get("/api/v1/jobs", params=params)).json()["jobs"][0]
+            one = (await client.get(f"/api/v1/jobs/{job['id']}")).json()
+            assert list(job.items()) == list(one.items())
+        done = one
+        assert (done["state"], done["files"][1], done["gpu_index"], done["fps"], done["width"]) == (
+            "done", f"/api/v1/jobs/{ids[0]}/files/a%20b%23.json", 1, 1.5, None)
+        assert done["created_at"].endswith("Z") and done["finished_at"] is not None

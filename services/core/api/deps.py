@@ -12,11 +12,13 @@ from services.core.agents import AgentClient
 from services.core.store import Store
 
 
-def get_store(request: Request) -> Store:
+# Async (though they await nothing): FastAPI runs a plain ``def`` dependency in the thread
+# pool, one hop per request for a dictionary lookup.
+async def get_store(request: Request) -> Store:
     return request.app.state.store
 
 
-def get_agents(request: Request) -> AgentClient:
+async def get_agents(request: Request) -> AgentClient:
     return request.app.state.agents
 
 

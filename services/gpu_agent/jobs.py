@@ -71,7 +71,8 @@ class BackendFailed(Exception):
 
 
 def reap_orphan_runner(pid: int, job_dir: Path) -> None:
-    """Stop a backend left running by an agent that died (SIGKILL leaves its child alive).
+    """Stop a backend left running by an agent that died (SIGKILL leaves its child alive),
+    and remove the outputs it was half-way through writing (``.<name>.<pid>.tmp``).
 
     Only a process whose command line names this job's folder is touched: the pid may
     have been reused since.
@@ -79,11 +80,13 @@ def reap_orphan_runner(pid: int, job_dir: Path) -> None:
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
-        return
+        cmdline = ""
     if str(job_dir) in cmdline:
         log.warning("stopping the backend (pid %s) an earlier agent left running for %s", pid, job_dir.name)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGKILL)
+    for partial in job_dir.glob(f".*.{pid}.tmp"):
+        partial.unlink(missing_ok=True)
 
 
 def job_dir_name(job_id: int) -> str:
@@ -546,8 +549,6 @@ class JobManager:
         job_dir = self.job_dir(job_id)
         for name in OUTPUT_FILES:
             (job_dir / name).unlink(missing_ok=True)
-            for partial in job_dir.glob(f".{name}.*.tmp"):  # half-written by a run killed with its agent
-                partial.unlink(missing_ok=True)
         where = f" on GPU {gpu_index}" if gpu_index is not None else ""
         self._update(job_id, state=JobState.reconstructing, stage="reconstructing", backend_used=backend,
                      streaming=False, reconstruct_progress=0.0,

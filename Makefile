@@ -1,5 +1,5 @@
 # The two commands the README promises, plus the pieces they are made of.
-.PHONY: setup demo test
+.PHONY: setup demo test bench
 
 setup:
 	bash scripts/setup.sh
@@ -9,3 +9,7 @@ demo: setup
 
 test: setup
 	.venv/bin/python -m pytest $(ARGS)
+
+# The benchmark suite (bench/suite.py): about 15 minutes on 2 cores, ARGS=--quick for a few.
+bench: setup
+	.venv/bin/cosma-qc bench $(ARGS)

@@ -160,6 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_lingbot_check_arguments(check)
     check.set_defaults(func=cmd_lingbot_check)
 
+    # Its options are the suite's own (bench/suite.py --help); main() hands them over untouched.
+    sub.add_parser("bench", add_help=False, help="run the benchmark suite (a source checkout's bench/suite.py; "
+                   "--quick for a few minutes) and rewrite bench/RESULTS.md's generated block")
+
     from services.core.cli_cmds import add_nodes_parser
 
     add_nodes_parser(sub, _add_client_arguments)
@@ -171,7 +175,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "bench":
+        from services.benchcli import cmd_bench
+
+        return cmd_bench(extra)
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if hasattr(args, "func"):
         return args.func(args) or 0
     if getattr(args, "action", "serve") == "migrate":

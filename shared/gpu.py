@@ -36,9 +36,10 @@ class BackendInfo(WireModel):
 
 
 class ViewerInfo(WireModel):
-    """A running viser viewer of one job."""
+    """A running viser viewer of one job, or of one stitch."""
 
-    job_id: int
+    job_id: int | None = Field(None, description="the job shown (null for a stitch's viewer)")
+    stitch_id: int | None = Field(None, description="the stitch shown (null for a job's viewer)")
     port: int = Field(ge=1, le=65535, description="the port the viewer really listens on")
     pid: int
     started_at: datetime

@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 from pydantic import ConfigDict, Field
 
 from shared.base import WireModel
-from shared.cameras import Matrix4
+from shared.cameras import Cameras, Matrix4
 from shared.jobs import HTTP_URL_PATTERN
 
 
@@ -43,7 +43,25 @@ class StitchReport(WireModel):
     stitch_id: int
     created_at: datetime
     ply: str
+    cameras: str | None = Field(None, description="file of every job's cameras in the stitch's frame "
+                                "(stitch_K_cameras.json); null for stitches made before it was written")
     jobs: list[StitchJobResult]
+
+    def files(self) -> list[str]:
+        """The stitch's files on its agent: the cloud, this report and the cameras."""
+        return [self.ply, f"stitch_{self.stitch_id}.json"] + ([self.cameras] if self.cameras else [])
+
+
+class StitchJobCameras(WireModel):
+    job_id: int
+    cameras: Cameras = Field(description="the job's cameras.json with every pose carried into the first job's frame")
+
+
+class StitchCameras(WireModel):
+    """``stitch_K_cameras.json``: each job's cameras in the stitch's (the first job's) frame."""
+
+    stitch_id: int
+    jobs: list[StitchJobCameras]
 
 
 class StitchState(WireModel):
@@ -52,6 +70,13 @@ class StitchState(WireModel):
     message: str = ""
     error: str | None = Field(None, description="why the stitch failed, in words a person can act on")
     report: StitchReport | None = None
+
+
+class StitchRecord(WireModel):
+    """``stitch_K.state.json`` on the agent: what it was asked and where it stands, kept across restarts."""
+
+    spec: StitchSpec
+    state: StitchState
 
 
 class StitchCreate(WireModel):
@@ -68,7 +93,7 @@ class StitchPublic(WireModel):
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
         "id": 1, "state": "done", "node": "gpu-84", "job_ids": [12, 15], "message": "stitched 2 jobs",
-        "error": None, "files": ["stitch_1.ply", "stitch_1.json"], "report": None,
+        "error": None, "files": ["stitch_1.ply", "stitch_1.json", "stitch_1_cameras.json"], "report": None,
         "created_at": "2026-11-29T10:00:00Z", "updated_at": "2026-11-29T10:04:00Z"}]})
 
     id: int
@@ -81,3 +106,14 @@ class StitchPublic(WireModel):
     report: StitchReport | None = None
     created_at: datetime
     updated_at: datetime
+
+
+class StitchViewerLink(WireModel):
+    """A stitch's 3D viewer on its gpu node."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"stitch_id": 1, "port": 8601, "url": "http://192.168.1.84:8601/"}]})
+
+    stitch_id: int
+    port: int = Field(description="the port the viewer really listens on")
+    url: str = Field(description="open this in a browser on the LAN")

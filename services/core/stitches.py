@@ -2,7 +2,8 @@
 
 The core sends ``PUT /stitches/{id}`` (idempotent) to that node with every job's agent URL;
 the agent fetches the other jobs' outputs itself. ``GET`` asks the agent while the stitch
-runs and records what it says.
+runs and records what it says. A finished stitch's files, GLB and viewer stay on that node:
+:func:`located` tells the API routes where to forward.
 """
 
 from __future__ import annotations
@@ -76,11 +77,7 @@ async def create(store: Store, agents: AgentClient, body: StitchCreate) -> Stitc
 
 
 async def get(store: Store, agents: AgentClient, stitch_id: int) -> StitchPublic:
-    with store.session() as session:
-        stitch = session.get(Stitch, stitch_id)
-        if stitch is None:
-            raise NotFound(f"no stitch {stitch_id}", code="stitch_not_found")
-        node = session.exec(select(Node).where(Node.name == stitch.node)).first()
+    stitch, node = _find(store, stitch_id)
     if node is None:
         return _public(stitch)
     try:
@@ -90,6 +87,23 @@ async def get(store: Store, agents: AgentClient, stitch_id: int) -> StitchPublic
             return _public(stitch)
         raise
     return _record(store, stitch_id, state)
+
+
+def _find(store: Store, stitch_id: int) -> tuple[Stitch, Node | None]:
+    with store.session() as session:
+        stitch = session.get(Stitch, stitch_id)
+        if stitch is None:
+            raise NotFound(f"no stitch {stitch_id}", code="stitch_not_found")
+        return stitch, session.exec(select(Node).where(Node.name == stitch.node)).first()
+
+
+def located(store: Store, stitch_id: int) -> tuple[Stitch, Node]:
+    """The stitch and the gpu node holding it; 404 when either is unknown."""
+    stitch, node = _find(store, stitch_id)
+    if node is None:
+        raise NotFound(f"stitch {stitch_id} is on no registered gpu node ({stitch.node or 'never placed'})",
+                       code="node_gone")
+    return stitch, node
 
 
 def list_all(store: Store) -> list[StitchPublic]:
@@ -124,7 +138,7 @@ def _record(store: Store, stitch_id: int, state: StitchState | None, *, error: s
                             "failed": JobState.failed}[state.state]
             stitch.message, stitch.error = state.message, state.error
             if state.report is not None:
-                stitch.files = [state.report.ply, f"stitch_{stitch_id}.json"]
+                stitch.files = state.report.files()
         if stitch.state in (JobState.done, JobState.failed) and stitch.finished_at is None:
             stitch.finished_at = now
         stitch.updated_at = now

@@ -11,6 +11,14 @@ over HTTP (from itself too), then runs the alignment as a supervised subprocess:
     python -m services.gpu_agent.stitch --work DIR --out-ply PATH --out-json PATH [--threads N]
 
 Too few matches between the jobs fail the stitch with the counts, and nothing is written.
+Besides the cloud and the report, the subprocess writes ``stitch_K_cameras.json``: every job's
+cameras carried into the stitch's frame, for the GLB and the viewer.
+
+Each stitch's state (and the spec it was asked for) is kept in ``stitch_K.state.json``,
+written atomically on every change and reloaded when the agent starts, so a failed stitch
+is not forgotten. A stitch that was running when the agent stopped is reported failed
+("interrupted by an agent restart; retry it"): its inputs are fetched again by a retry
+(the same ``PUT``), which costs little next to the alignment it would have to redo anyway.
 """
 
 from __future__ import annotations
@@ -21,22 +29,28 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shutil
 import sys
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 import httpx
 import numpy as np
 
+from services.gpu_agent.ingest import atomic_write_bytes
 from shared.cameras import CAMERAS_NAME, Cameras
 from shared.errors import Conflict, NotFound
 from shared.geometry import apply_similarity, trajectory_length, umeyama
 from shared.plyio import read_ply, write_ply
 from shared.procs import Supervised
 from shared.stitches import (
+    StitchCameras,
     StitchInput,
+    StitchJobCameras,
     StitchJobResult,
+    StitchRecord,
     StitchReport,
     StitchSpec,
     StitchState,
@@ -54,6 +68,9 @@ MIN_CROSS_MATCHES = 100
 MAX_FEATURES = 4096
 EXIT_FAILED = 2
 FETCH_TIMEOUT_S = 120.0
+#: The error of a stitch that was running when the agent stopped.
+INTERRUPTED = "interrupted by an agent restart; retry it"
+STATE_FILE_RE = re.compile(r"^stitch_(\d+)\.state\.json$")
 
 
 class StitchFailed(Exception):
@@ -63,8 +80,32 @@ class StitchFailed(Exception):
 # -- the agent side ------------------------------------------------------------------------
 
 
-def stitch_paths(root: Path, stitch_id: int) -> tuple[Path, Path, Path]:
-    return root / f"stitch_{stitch_id}.ply", root / f"stitch_{stitch_id}.json", root / f".stitch_{stitch_id}.work"
+@dataclass(frozen=True)
+class StitchFiles:
+    """Where stitch K lives in the agent's work root."""
+
+    root: Path
+    stitch_id: int
+
+    @property
+    def ply(self) -> Path:
+        return self.root / f"stitch_{self.stitch_id}.ply"
+
+    @property
+    def report(self) -> Path:
+        return self.root / f"stitch_{self.stitch_id}.json"
+
+    @property
+    def cameras(self) -> Path:
+        return self.root / f"stitch_{self.stitch_id}_cameras.json"
+
+    @property
+    def state(self) -> Path:
+        return self.root / f"stitch_{self.stitch_id}.state.json"
+
+    @property
+    def work(self) -> Path:
+        return self.root / f".stitch_{self.stitch_id}.work"
 
 
 class StitchManager:
@@ -78,14 +119,53 @@ class StitchManager:
         self._specs: dict[int, StitchSpec] = {}
         self._tasks: dict[int, asyncio.Task] = {}
 
+    def files(self, stitch_id: int) -> StitchFiles:
+        return StitchFiles(self.root, stitch_id)
+
+    def load(self) -> None:
+        """Reload every persisted stitch; those that were running are failed, to be retried."""
+        if not self.root.is_dir():
+            return
+        for path in sorted(self.root.iterdir()):
+            match = STATE_FILE_RE.match(path.name)
+            if not match:
+                continue
+            try:
+                record = StitchRecord.model_validate_json(path.read_bytes())
+            except (OSError, ValueError) as exc:
+                log.warning("leaving %s alone: not a readable stitch state (%s)", path.name, exc)
+                continue
+            stitch_id = record.state.stitch_id
+            self._specs[stitch_id] = record.spec
+            self.stitches[stitch_id] = record.state
+            if record.state.state == "running":
+                log.warning("stitch %s was running when the agent stopped: failed, to be retried", stitch_id)
+                shutil.rmtree(self.files(stitch_id).work, ignore_errors=True)
+                self._set(stitch_id, StitchState(stitch_id=stitch_id, state="failed", message="failed",
+                                                 error=INTERRUPTED))
+
+    def _set(self, stitch_id: int, state: StitchState) -> StitchState:
+        """Record the stitch's new state, in memory and in its state file."""
+        self.stitches[stitch_id] = state
+        record = StitchRecord(spec=self._specs[stitch_id], state=state)
+        atomic_write_bytes(self.files(stitch_id).state, record.model_dump_json().encode())
+        return state
+
     def get(self, stitch_id: int) -> StitchState:
         if stitch_id in self.stitches:
             return self.stitches[stitch_id]
-        _, report_path, _ = stitch_paths(self.root, stitch_id)
-        if report_path.is_file():  # made before a restart
+        report_path = self.files(stitch_id).report
+        if report_path.is_file():  # made before stitches kept a state file
             report = StitchReport.model_validate_json(report_path.read_bytes())
             return StitchState(stitch_id=stitch_id, state="done", message="done", report=report)
         raise NotFound(f"stitch {stitch_id} is not on this agent", code="no_stitch")
+
+    def done(self, stitch_id: int) -> StitchReport:
+        """The report of a finished stitch; 404 while it has none (running, failed or unknown)."""
+        state = self.get(stitch_id)
+        if state.state != "done" or state.report is None:
+            raise NotFound(f"stitch {stitch_id} is {state.state}: it has no result (yet)", code="no_stitch_result")
+        return state.report
 
     def put(self, stitch_id: int, spec: StitchSpec) -> tuple[StitchState, bool]:
         current = self.stitches.get(stitch_id)
@@ -94,8 +174,9 @@ class StitchManager:
                 raise Conflict(f"stitch {stitch_id} already exists with other jobs", code="spec_mismatch")
             if current.state != "failed":
                 return current, False
-        state = StitchState(stitch_id=stitch_id, state="running", message="fetching the jobs' outputs")
-        self.stitches[stitch_id], self._specs[stitch_id] = state, spec
+        self._specs[stitch_id] = spec
+        state = self._set(stitch_id, StitchState(stitch_id=stitch_id, state="running",
+                                                 message="fetching the jobs' outputs"))
         task = asyncio.create_task(self._run(stitch_id, spec), name=f"stitch-{stitch_id}")
         self._tasks[stitch_id] = task
         task.add_done_callback(lambda _t, sid=stitch_id: self._tasks.pop(sid, None))
@@ -108,13 +189,14 @@ class StitchManager:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _run(self, stitch_id: int, spec: StitchSpec) -> None:
-        ply, report, work = stitch_paths(self.root, stitch_id)
+        files = self.files(stitch_id)
+        work = files.work
         try:
             shutil.rmtree(work, ignore_errors=True)
             await self._fetch(spec, work)
-            self.stitches[stitch_id] = self.stitches[stitch_id].model_copy(update={"message": "aligning"})
+            self._set(stitch_id, self.stitches[stitch_id].model_copy(update={"message": "aligning"}))
             argv = [sys.executable, "-m", "services.gpu_agent.stitch", "--work", str(work),
-                    "--out-ply", str(ply), "--out-json", str(report), "--stitch-id", str(stitch_id),
+                    "--out-ply", str(files.ply), "--out-json", str(files.report), "--stitch-id", str(stitch_id),
                     "--threads", str(self.threads)]
             process = await Supervised.start(argv, cwd=PROJECT_ROOT)
             try:
@@ -125,15 +207,14 @@ class StitchManager:
             if rc != 0:
                 raise StitchFailed(process.stderr_tail[-1] if rc == EXIT_FAILED and process.stderr_tail
                                    else process.describe_exit(rc))
-            result = StitchReport.model_validate_json(report.read_bytes())
-            self.stitches[stitch_id] = StitchState(stitch_id=stitch_id, state="done", message="done", report=result)
+            result = StitchReport.model_validate_json(files.report.read_bytes())
+            self._set(stitch_id, StitchState(stitch_id=stitch_id, state="done", message="done", report=result))
         except Exception as exc:  # a stitch never stays "running" after its task ended
             if not isinstance(exc, (StitchFailed, httpx.HTTPError, OSError, ValueError)):
                 log.exception("stitch %s: unexpected failure", stitch_id)
             message = str(exc) if isinstance(exc, StitchFailed) else f"{type(exc).__name__}: {exc}"
             log.warning("stitch %s failed: %s", stitch_id, message)
-            self.stitches[stitch_id] = StitchState(stitch_id=stitch_id, state="failed", message="failed",
-                                                   error=message)
+            self._set(stitch_id, StitchState(stitch_id=stitch_id, state="failed", message="failed", error=message))
         finally:
             shutil.rmtree(work, ignore_errors=True)
 
@@ -270,8 +351,28 @@ def align(work: Path, *, threads: int) -> list[dict]:
     return results
 
 
+def carry_cameras(cameras: Cameras, matrix: np.ndarray) -> Cameras:
+    """The cameras moved by the similarity ``matrix`` (scale·R | t): rigid poses, scaled positions."""
+    scale = float(np.cbrt(np.linalg.det(matrix[:3, :3])))
+    rotation = matrix[:3, :3] / scale
+    frames = []
+    for frame in cameras.frames:
+        if frame.c2w is not None:
+            c2w = np.asarray(frame.c2w, dtype=np.float64)
+            moved = np.eye(4)
+            moved[:3, :3], moved[:3, 3] = rotation @ c2w[:3, :3], matrix[:3, :3] @ c2w[:3, 3] + matrix[:3, 3]
+            frame = frame.model_copy(update={"c2w": moved.tolist()})
+        frames.append(frame)
+    return cameras.model_copy(update={"frames": frames})
+
+
 def run(work: Path, out_ply: Path, out_json: Path, *, stitch_id: int, threads: int) -> None:
     results = align(work, threads=threads)
+    files = StitchFiles(out_json.parent, stitch_id)
+    moved = [StitchJobCameras(job_id=job["job_id"], cameras=carry_cameras(
+        Cameras.model_validate_json((work / f"j{i}.cameras.json").read_bytes()), np.asarray(job["matrix"])))
+        for i, job in enumerate(results)]
+    atomic_write_bytes(files.cameras, StitchCameras(stitch_id=stitch_id, jobs=moved).model_dump_json().encode())
     xyz, rgb = [], []
     for i, job in enumerate(results):
         cols = read_ply(work / f"j{i}.ply")
@@ -281,11 +382,9 @@ def run(work: Path, out_ply: Path, out_json: Path, *, stitch_id: int, threads: i
         rgb.append(np.stack([cols["red"], cols["green"], cols["blue"]], axis=1) if "red" in cols
                    else np.full((len(points), 3), 200, np.uint8))
     report = StitchReport(stitch_id=stitch_id, created_at=datetime.now(timezone.utc), ply=out_ply.name,
-                          jobs=[StitchJobResult(**job) for job in results])
+                          cameras=files.cameras.name, jobs=[StitchJobResult(**job) for job in results])
     write_ply(out_ply, np.concatenate(xyz).astype(np.float32), np.concatenate(rgb).astype(np.uint8))
-    tmp = out_json.with_name(f".{out_json.name}.tmp")
-    tmp.write_text(report.model_dump_json(indent=1))
-    os.replace(tmp, out_json)
+    atomic_write_bytes(out_json, report.model_dump_json(indent=1).encode())  # last: it marks the stitch made
 
 
 def main(argv: list[str] | None = None) -> int:

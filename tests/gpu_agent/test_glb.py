@@ -18,7 +18,7 @@ from results_media import write_done_job
 
 from services.gpu_agent.app import create_app
 from services.gpu_agent.config import GpuAgentSettings
-from services.gpu_agent.glb import GlbOptions, build_glb
+from services.gpu_agent.glb import GlbOptions, GlbSource, build_glb
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
@@ -131,7 +131,7 @@ def test_ply_download_supports_range_requests(agent):
 def test_build_glb_without_cameras_has_points_only(tmp_path):
     job_dir = write_done_job(tmp_path, 3, points=50)
     (job_dir / "cameras.json").unlink()
-    scene = load_scene(build_glb(job_dir, GlbOptions()).read_bytes())
+    scene = load_scene(build_glb(GlbSource.of_job(job_dir), GlbOptions()).read_bytes())
     assert [len(g.vertices) for g in scene.geometry.values()] == [50]
     assert np.isfinite(scene.bounds).all()
 

@@ -54,7 +54,7 @@ def agent_with_jobs(tmp_path, *job_ids, **settings):
 
 
 def runners(workdir) -> list[int]:
-    return processes_matching(f"viewer_runner --job-dir {workdir}")
+    return processes_matching(f"viewer_runner --dir {workdir}")
 
 
 def test_viewer_starts_serves_viser_and_stops_freeing_its_port(tmp_path):

@@ -341,11 +341,24 @@
   document.addEventListener("click", function (ev) {
     var button = ev.target.closest("button[data-action]");
     if (!button) return;
-    var id = button.dataset.job;
+    var id = button.dataset.job || button.dataset.stitch;
     var action = button.dataset.action;
+    var noun = button.dataset.stitch ? "Stitch " : "Job ";
     var onJobPage = !!document.getElementById("job");
     var done;
-    if (action === "delete") {
+    if (action === "stitch-viewer") {
+      done = write("POST", "/api/v1/stitches/" + id + "/viewer").then(function (info) {
+        var link = document.getElementById("stitch-viewer-link-" + id);
+        if (link) { link.href = info.url; link.textContent = info.url; link.hidden = false; }
+        window.open(info.url, "_blank", "noopener");
+      });
+    } else if (action === "stitch-viewer-stop") {
+      done = write("DELETE", "/api/v1/stitches/" + id + "/viewer").then(function () {
+        var link = document.getElementById("stitch-viewer-link-" + id);
+        if (link) link.hidden = true;
+        notice("Stitch " + id + ": viewer stopped.", false);
+      });
+    } else if (action === "delete") {
       if (!window.confirm("Delete job " + id + " and its files on the gpu node?")) return;
       done = write("DELETE", "/api/v1/jobs/" + id).then(function () {
         if (onJobPage) location.href = "/jobs"; else refreshRows([id], false);
@@ -363,7 +376,7 @@
       });
     }
     button.disabled = true;
-    done.catch(function (err) { notice("Job " + id + ": " + err.message, true); })
+    done.catch(function (err) { notice(noun + id + ": " + err.message, true); })
       .then(function () { button.disabled = false; });
   });
 

@@ -117,9 +117,10 @@ def test_agent_killed_mid_job_then_restarted_completes_the_job_once(tmp_path, su
             wait_until(lambda: (s := state_of(agent.workdir, 21)) and s["state"] == "extracting"
                        and any(job_dir.glob("frame_*.jpg")), timeout_s=60, interval_s=0.005,
                        what="ingest to start")
-        else:
-            wait_until(lambda: processes_matching(str(job_dir)), timeout_s=120, interval_s=0.05,
-                       what="the backend to start")
+        else:  # the backend starts during the ingest when it streams: wait for the last frame too
+            wait_until(lambda: processes_matching(str(job_dir))
+                       and (state_of(agent.workdir, 21) or {}).get("state") == "reconstructing",
+                       timeout_s=120, interval_s=0.05, what="the backend to start on every frame")
             time.sleep(2)  # let it get into feature extraction
         agent.kill()
         killed_state = state_of(agent.workdir, 21)["state"]

@@ -46,7 +46,7 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests" / "reliability")]
 
-from shared.auth import auth_headers, new_token  # noqa: E402
+from shared.auth import auth_headers, new_token
 
 SERVICE_START_TIMEOUT_S = 60
 FINAL = ("done", "failed", "cancelled")
@@ -245,6 +245,17 @@ def render_videos(folder: Path, count: int, *, seconds: float, fps: float, width
         names.append(sample.video.name)
         frames = sample.frames
     return names, frames
+
+
+#: The jobs of every script here: small survey videos, a few seconds of colmap each on one core.
+JOB_FPS, JOB_WIDTH = 5.0, 320
+
+
+def run_folder(parser: argparse.ArgumentParser, prefix: str) -> tuple[argparse.Namespace, Path]:
+    """Add ``--dir`` to ``parser``, parse; the arguments and the run's folder (made if not given)."""
+    parser.add_argument("--dir", type=Path, default=None, help="folder for the run (default: a new temporary one)")
+    args = parser.parse_args()
+    return args, (args.dir or Path(tempfile.mkdtemp(prefix=prefix))).resolve()
 
 
 @dataclass
@@ -467,8 +478,8 @@ class Submitter(threading.Thread):
 
 
 def run_chaos(*, seed: int, jobs: int, faults: int, base: Path, settings: ClusterSettings | None = None,
-              gap_s: tuple[float, float] = (2.0, 6.0), video_seconds: float = 2.0, fps: float = 5.0,
-              width: int = 320, max_seconds: float = 1800.0, log=print) -> Outcome:
+              gap_s: tuple[float, float] = (2.0, 6.0), video_seconds: float = 2.0, fps: float = JOB_FPS,
+              width: int = JOB_WIDTH, max_seconds: float = 1800.0, log=print) -> Outcome:
     """One chaos run in ``base``; the outcome (violations empty when every invariant held)."""
     settings = settings or ClusterSettings()
     rng = random.Random(seed)
@@ -519,9 +530,7 @@ def main() -> int:
     parser.add_argument("--faults", type=int, default=10, help="faults injected (M, default: 10)")
     parser.add_argument("--lease-s", type=float, default=6.0, help="the core's lease (default: 6)")
     parser.add_argument("--max-seconds", type=float, default=1800.0, help="bound on the whole run (default: 1800)")
-    parser.add_argument("--dir", type=Path, default=None, help="folder for the run (default: a new temporary one)")
-    args = parser.parse_args()
-    base = (args.dir or Path(tempfile.mkdtemp(prefix="cosma-chaos-"))).resolve()
+    args, base = run_folder(parser, "cosma-chaos-")
     print(f"chaos run in {base} (logs in {base / 'logs'}); load average {os.getloadavg()[0]:.2f}", flush=True)
     outcome = run_chaos(seed=args.seed, jobs=args.jobs, faults=args.faults, base=base,
                         settings=ClusterSettings(lease_s=args.lease_s), max_seconds=args.max_seconds,

@@ -29,7 +29,6 @@ import os
 import random
 import statistics
 import sys
-import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -38,7 +37,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import chaos  # noqa: E402  (scripts/chaos.py: the cluster and its helpers)
+import chaos  # scripts/chaos.py: the cluster and its helpers
 
 MIX = {"list": 30, "list_state": 10, "get": 25, "events": 15, "create": 10, "cancel": 10}
 FEEDER_OPEN_JOBS = 2
@@ -161,10 +160,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=60.0, help="length of the load (default: 60)")
     parser.add_argument("--db", choices=["sqlite", "postgresql"], default="sqlite")
     parser.add_argument("--seed", type=int, default=1, help="seed of the request mix (default: 1)")
-    parser.add_argument("--dir", type=Path, default=None, help="folder for the run (default: a new temporary one)")
-    args = parser.parse_args()
-    base = (args.dir or Path(tempfile.mkdtemp(prefix="cosma-load-"))).resolve()
-    fps, width = 5.0, 320
+    args, base = chaos.run_folder(parser, "cosma-load-")
+    fps, width = chaos.JOB_FPS, chaos.JOB_WIDTH
     videos, _ = chaos.render_videos(base / "videos", 2, seconds=2.0, fps=fps, width=width, height=180)
     pg = None
     if args.db == "postgresql":

@@ -20,13 +20,12 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import chaos  # noqa: E402  (scripts/chaos.py: the cluster and its helpers)
+import chaos  # scripts/chaos.py: the cluster and its helpers
 
 
 def slope_kib_per_job(values_mib: list[float]) -> float:
@@ -62,10 +61,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--jobs", type=int, default=100, help="sequential jobs (default: 100)")
     parser.add_argument("--job-timeout-s", type=float, default=300.0, help="longest wait for one job (default: 300)")
-    parser.add_argument("--dir", type=Path, default=None, help="folder for the run (default: a new temporary one)")
-    args = parser.parse_args()
-    base = (args.dir or Path(tempfile.mkdtemp(prefix="cosma-soak-"))).resolve()
-    fps, width = 5.0, 320
+    args, base = chaos.run_folder(parser, "cosma-soak-")
+    fps, width = chaos.JOB_FPS, chaos.JOB_WIDTH
     videos, _ = chaos.render_videos(base / "videos", 2, seconds=2.0, fps=fps, width=width, height=180)
     cluster = chaos.Cluster(base, base / "videos", chaos.ClusterSettings(gpu_agents=1, proxied=False, lease_s=60.0))
     watched = {"storage_agent": cluster.storage, "gpu_agent": cluster.gpus[0], "core": cluster.core}

@@ -14,8 +14,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 
-import chaos  # noqa: E402
-from conftest import processes_matching, require_ffmpeg  # noqa: E402
+import chaos
+from conftest import processes_matching, require_ffmpeg
 
 pytestmark = pytest.mark.slow
 

@@ -59,8 +59,9 @@ def test_replace_block_adds_it_once_then_rewrites_only_its_inside():
 
 
 def test_e2e_and_memory_tables_are_well_formed():
-    runs = [e2e.JobRun("end to end, streaming on", 50.0, 48.0, 12.0, {"core": 1.0, "gpu-agent": 30.0}, 40, "done"),
-            e2e.JobRun("end to end, streaming off", 60.0, 58.0, None, {"core": 1.0, "gpu-agent": 30.0}, 40, "done")]
+    runs = [e2e.JobRun("end to end, streaming on", 50.0, 48.0, 12.0, 3.0, {"core": 1.0, "gpu-agent": 30.0}, 40, "done",
+                       streaming=True),
+            e2e.JobRun("end to end, streaming off", 60.0, 58.0, 12.0, None, {"core": 1.0, "gpu-agent": 30.0}, 40, "done")]
     result = e2e.E2eResult("synthetic", 40, [(10.0, 8.0)], [(45.0, 80.0)], runs, "stream_reconstruction", [])
     lines = e2e.table(result)
     assert_well_formed(lines)

@@ -60,6 +60,8 @@ BACKEND_LOG_NAME = "backend_log.txt"
 JOB_DIR_RE = re.compile(r"^job_(\d+)$")
 #: First wait before pulling a video again after a transient error; doubles each time.
 INGEST_BACKOFF_S = 2.0
+#: How long a cancelled ingest waits for its pull threads to stop writing frames.
+PULL_STOP_WAIT_S = 5.0
 
 
 def _now() -> datetime:
@@ -379,8 +381,9 @@ class JobManager:
             ingest.result()  # an ingest error ends the job here; the backend is stopped below
             self._observe("extracting", job_id, time.monotonic() - started)
             release_ingest_slot()
+            # Judges the frames (no filter here) and clears stale QC files, before the backend writes its own.
+            await asyncio.to_thread(self._qc[job_id].frames_for_backend)
             atomic_write_bytes(job_dir / INGEST_DONE_NAME, json.dumps({"frames": self.jobs[job_id].frames}).encode())
-            await asyncio.to_thread(self._qc[job_id].frames_for_backend)  # judges the frames (no filter here)
             notes = self._notes.pop(job_id, {})
             self._update(job_id, state=JobState.reconstructing, stage="reconstructing",
                          progress=self.jobs[job_id].reconstruct_progress or 0.0,
@@ -472,12 +475,17 @@ class JobManager:
                     loop.call_soon_threadsafe(progress)
 
                 for retry in range(self.settings.ingest_retries + 1):
+                    thread = asyncio.ensure_future(asyncio.to_thread(
+                        pull_video, source, spec.extract, staging, video_index=i, first_frame=1,
+                        token=self.token, timeout_s=self.settings.storage_timeout_s, cancel=cancel,
+                        on_frame=on_frame))  # fmt: skip
                     try:
-                        await asyncio.to_thread(
-                            pull_video, source, spec.extract, staging, video_index=i, first_frame=1,
-                            token=self.token, timeout_s=self.settings.storage_timeout_s, cancel=cancel,
-                            on_frame=on_frame)  # fmt: skip
+                        await asyncio.shield(thread)
                         break
+                    except asyncio.CancelledError:
+                        halt.set()  # the thread stops at its next frame: give it a moment to
+                        await asyncio.wait({thread}, timeout=PULL_STOP_WAIT_S)
+                        raise
                     except IngestError as exc:
                         if not exc.retryable or retry == self.settings.ingest_retries:
                             raise

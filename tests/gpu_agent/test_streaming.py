@@ -233,6 +233,7 @@ def chapters(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("chapters")
     for name, seconds in (("GX010001.MP4", 1.6), ("GX020001.MP4", 0.6), ("GX030001.MP4", 1.2)):
         make_test_video(root / name, seconds=seconds, fps=10, size="160x90")
+    make_test_video(root / "long.MP4", seconds=120, fps=10, size="160x90")  # 1200 frames: an ingest that lasts
     (root / "broken.MP4").write_text("this is not a video\n")
     return root
 
@@ -325,3 +326,44 @@ def test_a_job_streams_through_real_agent_processes(tmp_path):
         assert align_rmse(est, ref) < 0.02 * trajectory_length(ref)
     finally:
         cluster.stop()
+
+
+@pytest.fixture
+def streaming_long_job(tmp_path, storage_url):
+    """A gpu agent streaming a 1200-frame ingest; yields (url, job folder, job) once its backend follows."""
+    settings = GpuAgentSettings(workdir=tmp_path / "frames", token=TOKEN, cancel_grace_s=2)
+    spec = JobSpec(job_id=6, videos=[VideoSource(storage_url=storage_url, path="long.MP4")],
+                   extract=ExtractParams(fps=10, width=160))  # fmt: skip
+    with serve_app(create_app(settings)) as url:
+        assert httpx.put(f"{url}/jobs/6", json=spec.model_dump(mode="json"), headers=AUTH).status_code == 201
+        job = wait_until(lambda: (j := httpx.get(f"{url}/jobs/6", headers=AUTH).json())["state"] == "extracting"
+                         and j["runner_pid"] and j["frames"] > 0 and j, timeout_s=60, interval_s=0.02,
+                         what="the backend to follow the ingest")  # fmt: skip
+        yield url, settings.workdir / "job_6", job
+        if processes_matching(str(settings.workdir / "job_6")):  # only when the test failed
+            httpx.delete(f"{url}/jobs/6", headers=AUTH)
+
+
+def _final(url: str) -> dict:
+    return wait_until(lambda: (j := httpx.get(f"{url}/jobs/6", headers=AUTH).json())["state"]
+                      in ("done", "failed", "cancelled") and j, timeout_s=60, what="the job to end")
+
+
+def test_a_backend_dying_mid_ingest_fails_the_job_with_its_reason(streaming_long_job):
+    url, job_dir, job = streaming_long_job
+    os.kill(job["runner_pid"], signal.SIGKILL)
+    final = _final(url)
+    assert final["state"] == "failed" and final["streaming"], final
+    assert final["error"].startswith("reconstruction failed while frames were landing:"), final["error"]
+    assert "SIGKILL" in final["error"] or "signal 9" in final["error"], final["error"]
+    assert final["frames"] < 1200  # the ingest was stopped too
+    assert processes_matching(str(job_dir)) == []
+
+
+def test_cancel_mid_stream_stops_the_backend_and_the_ingest(streaming_long_job):
+    url, job_dir, _ = streaming_long_job
+    assert httpx.delete(f"{url}/jobs/6", headers=AUTH).status_code == 200
+    final = _final(url)
+    assert final["state"] == "cancelled" and final["runner_pid"] is None, final
+    assert processes_matching(str(job_dir)) == []
+    assert len(list(job_dir.glob("frame_*.jpg"))) < 1200

@@ -32,8 +32,6 @@ import json
 import os
 import random
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -45,18 +43,14 @@ import httpx
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests" / "reliability")]
+sys.path.append(str(REPO / "tests"))  # after REPO: tests/shared is not shared/
+
+from service_procs import Service
 
 from shared.auth import auth_headers, new_token
 
-SERVICE_START_TIMEOUT_S = 60
 FINAL = ("done", "failed", "cancelled")
 FAULT_KINDS = ("kill_gpu", "kill_storage", "kill_core", "cut_link")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def leftovers(base: Path) -> list[int]:
@@ -88,49 +82,12 @@ def rss_mib(pid: int) -> float:
     raise ValueError(f"no VmRSS for pid {pid}")
 
 
-class Service:
-    """One ``cosma-qc`` process on a fixed port: started, SIGKILLed and restarted the same way."""
+class Node(Service):
+    """A service process (tests/reliability/service_procs.py) under its node name: storage-1, gpu-2, core."""
 
-    def __init__(self, name: str, role: str, args: list[str], port: int, logs: Path, token: str):
-        self.name, self.role, self.args, self.port, self.token = name, role, args, port, token
-        self.log_path = logs / f"{name}.log"
-        self.url = f"http://127.0.0.1:{port}"
-        self.proc: subprocess.Popen | None = None
-        self.starts = 0
-
-    def start(self) -> None:
-        argv = [sys.executable, "-m", "services.cli", self.role, "--host", "127.0.0.1", "--port", str(self.port),
-                "--node-id", self.name, "--log-level", "info", *self.args]
-        with open(self.log_path, "ab") as log:  # appended across restarts
-            log.write(f"\n=== start {self.starts + 1} at {time.strftime('%H:%M:%S')} ===\n".encode())
-            log.flush()
-            self.proc = subprocess.Popen(argv, env={**os.environ, "COSMA_TOKEN": self.token}, cwd=REPO,
-                                         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        self.starts += 1
-        deadline = time.monotonic() + SERVICE_START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited at start (status {self.proc.returncode}); see {self.log_path}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return
-            time.sleep(0.1)
-        raise RuntimeError(f"{self.name} did not answer on {self.url} within {SERVICE_START_TIMEOUT_S} s; see {self.log_path}")
-
-    def kill(self) -> None:
-        """SIGKILL the service process alone (its children, like a running backend, stay)."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+    def __init__(self, node: str, role: str, args: list[str], base: Path, token: str):
+        super().__init__(role, [*args, "--node-id", node, "--log-level", "info"], base, env={"COSMA_TOKEN": token})
+        self.node = node
 
 
 @dataclass
@@ -153,33 +110,31 @@ class Cluster:
         self.base, self.videos, self.settings = base, videos, settings
         self.token = token or new_token()
         self.auth = auth_headers(self.token)
-        logs = base / "logs"
-        logs.mkdir(parents=True, exist_ok=True)
         s = settings
         core_args = ["--data-dir", str(base / "core"), "--tick-interval-s", str(s.tick_interval_s),
                      "--poll-timeout-s", str(s.poll_timeout_s), "--request-timeout-s", str(max(5.0, s.poll_timeout_s)),
                      "--lease-s", str(s.lease_s), "--max-attempts", str(s.max_attempts)]
         if s.database_url:
             core_args += ["--database-url", s.database_url]
-        self.core = Service("core", "core", core_args, free_port(), logs, self.token)
-        self.storage = Service("storage-1", "storage-agent", ["--root", str(videos)], free_port(), logs, self.token)
-        self.gpus = [Service(f"gpu-{i + 1}", "gpu-agent",
+        self.core = Node("core", "core", core_args, base, self.token)
+        self.storage = Node("storage-1", "storage-agent", ["--root", str(videos)], base, self.token)
+        self.gpus = [Node(f"gpu-{i + 1}", "gpu-agent",
                              ["--workdir", str(base / f"gpu-{i + 1}"), "--backend-threads", str(s.backend_threads),
                               "--colmap-max-features", str(s.colmap_max_features), "--disk-reserve-mib", "0"],
-                             free_port(), logs, self.token)
+                             base, self.token)
                      for i in range(s.gpu_agents)]
         self.proxies: dict[str, object] = {}
-        self.started: list[Service] = []
+        self.started: list[Node] = []
 
     @property
-    def services(self) -> list[Service]:
+    def services(self) -> list[Node]:
         return [self.storage, *self.gpus, self.core]
 
-    def service(self, name: str) -> Service:
-        return next(s for s in self.services if s.name == name)
+    def service(self, name: str) -> Node:
+        return next(s for s in self.services if s.node == name)
 
-    def workdir(self, gpu: Service) -> Path:
-        return self.base / gpu.name
+    def workdir(self, gpu: Node) -> Path:
+        return self.base / gpu.node
 
     def start(self) -> None:
         for service in self.services:
@@ -188,15 +143,15 @@ class Cluster:
         self.register()
 
     def register(self) -> None:
-        self.post("/api/v1/nodes", {"name": self.storage.name, "role": "storage", "url": self.storage.url})
+        self.post("/api/v1/nodes", {"name": self.storage.node, "role": "storage", "url": self.storage.url})
         for gpu in self.gpus:
             url = gpu.url
             if self.settings.proxied:
                 from tcp_proxy import TcpProxy
 
-                proxy = self.proxies[gpu.name] = TcpProxy(gpu.port).start()
+                proxy = self.proxies[gpu.node] = TcpProxy(gpu.port).start()
                 url = proxy.url
-            self.post("/api/v1/nodes", {"name": gpu.name, "role": "gpu", "url": url})
+            self.post("/api/v1/nodes", {"name": gpu.node, "role": "gpu", "url": url})
 
     def post(self, path: str, body: dict) -> dict:
         resp = httpx.post(f"{self.core.url}{path}", json=body, headers=self.auth, timeout=60)
@@ -210,10 +165,10 @@ class Cluster:
         return resp.json()
 
     def submit(self, video: str, *, fps: float, width: int) -> int:
-        return self.post("/api/v1/jobs", {"videos": [{"storage": self.storage.name, "path": video}],
+        return self.post("/api/v1/jobs", {"videos": [{"storage": self.storage.node, "path": video}],
                                           "fps": fps, "width": width, "backend": "colmap"})["id"]
 
-    def agent_jobs(self, gpu: Service) -> list[dict]:
+    def agent_jobs(self, gpu: Node) -> list[dict]:
         resp = httpx.get(f"{gpu.url}/status", headers=self.auth, timeout=10)
         resp.raise_for_status()
         return resp.json()["jobs"]
@@ -301,7 +256,7 @@ def inject(cluster: Cluster, fault: Fault) -> None:
         with contextlib.suppress(httpx.HTTPError):
             doing = ", ".join(f"job {j['job_id']} {j['state']}" for j in cluster.agent_jobs(target)
                               if j["state"] not in FINAL)
-            fault.note = f" ({target.name} was running {doing or 'nothing'})"
+            fault.note = f" ({target.node} was running {doing or 'nothing'})"
     if fault.kind == "cut_link":
         proxy = cluster.proxies[fault.target]
         proxy.cut(mode=fault.mode)
@@ -333,7 +288,7 @@ def wait_quiescent(cluster: Cluster, job_ids: list[int], timeout_s: float) -> st
         try:
             jobs = {j["id"]: j for j in cluster.get("/api/v1/jobs", limit=1000)["jobs"]}
             unfinished = [i for i, j in jobs.items() if j["state"] not in FINAL]
-            running = [(g.name, j["job_id"], j["attempt"]) for g in cluster.gpus for j in cluster.agent_jobs(g)
+            running = [(g.node, j["job_id"], j["attempt"]) for g in cluster.gpus for j in cluster.agent_jobs(g)
                        if j["state"] not in FINAL]
         except httpx.HTTPError as exc:
             open_ = f"a service did not answer: {exc}"
@@ -395,17 +350,17 @@ def check_agents(cluster: Cluster, outcome: Outcome) -> None:
             job = final.get(held["job_id"])
             if job is None:
                 continue
-            accepted = job["state"] == "done" and (job["node"], job["attempt"]) == (gpu.name, held["attempt"])
+            accepted = job["state"] == "done" and (job["node"], job["attempt"]) == (gpu.node, held["attempt"])
             if accepted:
                 if held["state"] != "done":
-                    outcome.violations.append(f"job {job['id']} is done at the core, but {gpu.name} holds "
+                    outcome.violations.append(f"job {job['id']} is done at the core, but {gpu.node} holds "
                                               f"attempt {held['attempt']} {held['state']}")
             elif held["state"] not in FINAL:
-                outcome.violations.append(f"{gpu.name} still runs job {job['id']} attempt {held['attempt']}")
+                outcome.violations.append(f"{gpu.node} still runs job {job['id']} attempt {held['attempt']}")
             elif held["state"] == "done":
-                stale_done.append(f"job {job['id']} attempt {held['attempt']} on {gpu.name}")
-            elif (gpu.name, held["attempt"]) != (job["node"], job["attempt"]):
-                stale_dropped.append(f"job {job['id']} attempt {held['attempt']} on {gpu.name} ({held['state']})")
+                stale_done.append(f"job {job['id']} attempt {held['attempt']} on {gpu.node}")
+            elif (gpu.node, held["attempt"]) != (job["node"], job["attempt"]):
+                stale_dropped.append(f"job {job['id']} attempt {held['attempt']} on {gpu.node} ({held['state']})")
     outcome.notes.append(f"stale attempts dropped by the agents (fenced or failed): {len(stale_dropped)}"
                          + (f": {', '.join(stale_dropped)}" if stale_dropped else ""))
     outcome.notes.append(f"stale attempts that finished on an agent anyway, never recorded by the core: "
@@ -488,7 +443,7 @@ def run_chaos(*, seed: int, jobs: int, faults: int, base: Path, settings: Cluste
     videos, frames = render_videos(base / "videos", 2, seconds=video_seconds, fps=fps, width=width,
                                    height=width * 9 // 16 // 2 * 2)
     cluster = Cluster(base, base / "videos", settings)
-    outcome.faults = draw_faults(rng, faults, [g.name for g in cluster.gpus], settings.lease_s, gap_s)
+    outcome.faults = draw_faults(rng, faults, [g.node for g in cluster.gpus], settings.lease_s, gap_s)
     window_s = sum(f.gap_s + f.hold_s for f in outcome.faults)
     try:
         cluster.start()

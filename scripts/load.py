@@ -67,7 +67,7 @@ class Load:
         self.known_ids: list[int] = []
 
     def job_body(self) -> dict:
-        return {"videos": [{"storage": self.cluster.storage.name, "path": self.rng.choice(self.videos)}],
+        return {"videos": [{"storage": self.cluster.storage.node, "path": self.rng.choice(self.videos)}],
                 "fps": self.fps, "width": self.width, "backend": "colmap"}
 
     async def one(self, client: httpx.AsyncClient, kind: str, mine: list[int]) -> None:
@@ -187,7 +187,6 @@ def main() -> int:
             result["client_cpu_s"] = round(time.process_time() - own_cpu, 1)
             result["db"] = args.db
             result["load_average_1m"] = round(os.getloadavg()[0], 2)
-            result["core_restarts"] = cluster.core.starts - 1
             result["core_alive"] = cluster.core.proc.poll() is None
         finally:
             cluster.stop()

@@ -32,9 +32,9 @@ import os
 import re
 import shutil
 import sys
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import NamedTuple
 
 import httpx
 import numpy as np
@@ -80,32 +80,20 @@ class StitchFailed(Exception):
 # -- the agent side ------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class StitchFiles:
+class StitchFiles(NamedTuple):
     """Where stitch K lives in the agent's work root."""
 
-    root: Path
-    stitch_id: int
+    ply: Path
+    report: Path
+    cameras: Path
+    state: Path
+    work: Path
 
-    @property
-    def ply(self) -> Path:
-        return self.root / f"stitch_{self.stitch_id}.ply"
 
-    @property
-    def report(self) -> Path:
-        return self.root / f"stitch_{self.stitch_id}.json"
-
-    @property
-    def cameras(self) -> Path:
-        return self.root / f"stitch_{self.stitch_id}_cameras.json"
-
-    @property
-    def state(self) -> Path:
-        return self.root / f"stitch_{self.stitch_id}.state.json"
-
-    @property
-    def work(self) -> Path:
-        return self.root / f".stitch_{self.stitch_id}.work"
+def stitch_files(root: Path, stitch_id: int) -> StitchFiles:
+    stem = f"stitch_{stitch_id}"
+    return StitchFiles(root / f"{stem}.ply", root / f"{stem}.json", root / f"{stem}_cameras.json",
+                       root / f"{stem}.state.json", root / f".{stem}.work")
 
 
 class StitchManager:
@@ -120,7 +108,7 @@ class StitchManager:
         self._tasks: dict[int, asyncio.Task] = {}
 
     def files(self, stitch_id: int) -> StitchFiles:
-        return StitchFiles(self.root, stitch_id)
+        return stitch_files(self.root, stitch_id)
 
     def load(self) -> None:
         """Reload every persisted stitch; those that were running are failed, to be retried."""
@@ -368,7 +356,7 @@ def carry_cameras(cameras: Cameras, matrix: np.ndarray) -> Cameras:
 
 def run(work: Path, out_ply: Path, out_json: Path, *, stitch_id: int, threads: int) -> None:
     results = align(work, threads=threads)
-    files = StitchFiles(out_json.parent, stitch_id)
+    files = stitch_files(out_json.parent, stitch_id)
     moved = [StitchJobCameras(job_id=job["job_id"], cameras=carry_cameras(
         Cameras.model_validate_json((work / f"j{i}.cameras.json").read_bytes()), np.asarray(job["matrix"])))
         for i, job in enumerate(results)]

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 
+import anyio.to_thread
 from fastapi import FastAPI
 
 from shared.auth import BearerAuth
@@ -38,6 +39,12 @@ def create_app(settings: CoreSettings) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
+        # Before serving: the first tick would otherwise pay the first compilation of its SQL
+        # and anyio's thread backend (a fresh core's first tick cost 2x a warm one: bench/RESULTS.md).
+        try:
+            await anyio.to_thread.run_sync(store.warm_up)
+        except Exception:  # the first tick reports a database that does not answer
+            log.warning("warming up the store failed; starting anyway", exc_info=True)
         task = None
         if settings.scheduler_enabled:
             task = asyncio.create_task(scheduler.run_forever(), name="core-scheduler")

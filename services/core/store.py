@@ -111,6 +111,27 @@ class Store:
     def session(self) -> Session:
         return Session(self.engine, expire_on_commit=False)
 
+    def warm_up(self) -> None:
+        """Run, without changing anything, the reads a scheduler tick and a job list make.
+
+        The core calls this at start-up, before it serves: the first tick of a fresh process
+        then does not pay SQLAlchemy's first compilation of each statement on this engine, nor
+        (called through the thread pool) anyio's thread backend and the pool's first thread.
+        Writes nothing: placement with a planner that decides nothing, a report and a poll for
+        ids and names that do not exist.
+        """
+        now = utcnow()
+        self.list_nodes()
+        self.active_jobs()
+        self.nodes_by_name([""])
+        self.jobs_by_id([0])
+        self.videos_of([0])
+        self.record_node_polls([("", None, "warm-up")], now=now)
+        self._change_many([(0, ACTIVE_STATES, lambda job: None, "", 0)], now=now)
+        self.place(lambda *_: [], batch=1, lease_s=0, now=now)
+        self.list_job_rows(limit=1)
+        self.last_event_id()
+
     # -- nodes -------------------------------------------------------------------------
 
     def add_node(self, *, name: str, role: NodeRole, url: str, now: datetime | None = None,
@@ -353,28 +374,30 @@ class Store:
     def _text_match(self, text: str) -> sa.ColumnElement:
         """Jobs whose message, error, recording or a video path contains ``text``.
 
-        With the search index of migration 0003 (SQLite: the FTS5 trigram table ``job_text``;
-        PostgreSQL: ``pg_trgm`` indexes, which serve the ``ILIKE`` per column below) this reads
-        only the matching rows; without it, the same query scans.
+        Served by the search index of migration 0003 where there is one: PostgreSQL's
+        ``pg_trgm`` indexes serve the ``ILIKE`` per column below; SQLite's FTS5 trigram table
+        ``job_text`` holds error, recording and paths (text of 3 characters or more), the
+        message is scanned (SQLite's ``LIKE`` ignores ASCII case: no ``lower()``). Without the
+        index, the same query scans.
         """
         jobs, videos = Job.__table__, JobVideo.__table__
-        dialect = self.engine.dialect.name
-        if dialect == "sqlite" and len(text) >= 3 and self._has_sqlite_search():
-            # A quoted FTS5 phrase of trigrams: the substring, case-folded; no operators inside.
-            return jobs.c.id.in_(sa.select(_JOB_TEXT.c.rowid).where(
-                _JOB_TEXT.c.body.op("MATCH")('"' + text.replace('"', '""') + '"')))
         pattern = "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-        if dialect == "postgresql":
+        if self.engine.dialect.name == "postgresql":
             # One SELECT per indexed column: an OR across them (and the videos) would scan.
             return jobs.c.id.in_(sa.union(*(
                 sa.select(column.table.c.job_id if column.table is videos else jobs.c.id)
                 .where(column.ilike(pattern, escape="\\"))
                 for column in (jobs.c.message, jobs.c.error, jobs.c.recording, videos.c.path))))
-        # SQLite with text under 3 characters (no trigram) or without FTS5: a scan, as before 0003.
-        pattern = pattern.lower()
-        return or_(*(func.lower(column).like(pattern, escape="\\") for column in (
-            jobs.c.message, jobs.c.error, jobs.c.recording)),
-            jobs.c.id.in_(sa.select(videos.c.job_id).where(func.lower(videos.c.path).like(pattern, escape="\\"))))
+
+        def like(column) -> sa.ColumnElement:
+            return column.like(pattern, escape="\\")
+
+        if len(text) >= 3 and self._has_sqlite_search():
+            # A quoted FTS5 phrase of trigrams: the substring, case-folded; no operators inside.
+            return or_(like(jobs.c.message), jobs.c.id.in_(sa.select(_JOB_TEXT.c.rowid).where(
+                _JOB_TEXT.c.body.op("MATCH")('"' + text.replace('"', '""') + '"'))))
+        return or_(like(jobs.c.message), like(jobs.c.error), like(jobs.c.recording),
+                   jobs.c.id.in_(sa.select(videos.c.job_id).where(like(videos.c.path))))
 
     def _has_sqlite_search(self) -> bool:
         if self._sqlite_search is None:

@@ -248,3 +248,15 @@ def test_plain_job_rows_list_what_the_orm_lists(store):
         assert row_count == count, case
         assert [JobPublic.model_validate(JobPublic.row_dict(r)) for r in rows] == [
             JobPublic.of(j, videos[j.id]) for j in jobs], case
+
+
+def test_the_start_up_warm_up_changes_nothing(store):
+    """Store.warm_up runs the reads of a tick before the core serves; it must write nothing."""
+    store.add_node(name="g1", role=NodeRole.gpu, url="http://g1")
+    queued = store.create_job(videos=[("st", "a.MP4")], backend="colmap", fps=2, width=640, max_frames=None)
+    placed = store.create_job(videos=[("st", "b.MP4")], backend="colmap", fps=2, width=640, max_frames=None)
+    store.assign(placed.id, attempt=1, node="g1", lease_s=30, now=utcnow())
+    before = (store.jobs_by_id([queued.id, placed.id]), store.list_nodes(), store.last_event_id())
+    store.warm_up()
+    store.warm_up()
+    assert (store.jobs_by_id([queued.id, placed.id]), store.list_nodes(), store.last_event_id()) == before

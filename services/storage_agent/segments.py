@@ -119,11 +119,17 @@ class Segment:
     """``trim=start_pts``: the seam's key frame, in the stream's ticks after that offset."""
 
 
+def input_offset_ticks(start_s: float, container_start_us: int, time_base: Fraction) -> int:
+    """What ffmpeg adds to each packet's timestamp for ``-ss start_s`` (its ``ts_offset``, rounded
+    to the stream's ticks as ``av_rescale_q`` does): the window then starts at 0."""
+    return near_inf(Fraction(-(microseconds(f"{start_s:.6f}") + container_start_us), _US) / time_base)
+
+
 def split_window(start_s: float, rate: Fraction, max_frames: int | None, seams: Seams) -> list[Segment]:
     """Segments whose frames, one after the other, are exactly those of the single pass."""
     start_us = microseconds(f"{start_s:.6f}")  # what the single pass's -ss means to ffmpeg
     tb = seams.time_base
-    offset_ticks = near_inf(Fraction(-(start_us + seams.start_us), _US) / tb)
+    offset_ticks = input_offset_ticks(start_s, seams.start_us, tb)
 
     def slot(pts: int) -> int:
         return near_inf((pts + offset_ticks) * tb * rate)
@@ -172,11 +178,11 @@ async def probe_seams(file: Path, start_s: float, targets: list[float], *, timeo
         start_us = microseconds(str((head.get("format") or {}).get("start_time", "0")))
     except (KeyError, IndexError, ValueError, ZeroDivisionError):
         return None
-    start_raw = Fraction(microseconds(f"{start_s:.6f}") + start_us, _US) / tb
+    offset = input_offset_ticks(start_s, start_us, tb)
     shown = [p for p in head.get("packets", []) if "D" not in p.get("flags", "") and _is_int(p.get("pts"))]
-    # A single pass with -ss keeps frames from the start on; without, every frame.
-    first = [int(p["pts"]) for p in shown if start_s == 0 or int(p["pts"]) >= start_raw]
-    keys = [p for p in cuts.get("packets", [])]
+    # A single pass with -ss keeps the frames from the window's start on (accurate seek); without, all.
+    first = [int(p["pts"]) for p in shown if start_s == 0 or int(p["pts"]) + offset >= 0]
+    keys = cuts.get("packets", [])
     if len(keys) != len(targets) or not all("K" in p.get("flags", "") and _is_int(p.get("pts")) for p in keys):
         return None  # a seek that did not land on a key frame: do not trust the file's index
     return Seams(time_base=tb, start_us=start_us, first_pts=min(first) if first else None,

@@ -373,10 +373,13 @@ class JobManager:
         try:
             await asyncio.wait({runner, ingest}, return_when=asyncio.FIRST_COMPLETED)
             if not ingest.done():
+                # The backend died first. The ingest goes on: the QC report covers every frame and a
+                # retry of the job starts from complete videos. Then the job fails with the backend's reason.
                 rc = runner.result()
-                stop.set()
-                await asyncio.gather(ingest, return_exceptions=True)
                 why = proc.describe_exit(rc) if rc else f"the {backend} backend exited before the last frame landed"
+                self._update(job_id, runner_pid=None)
+                self._note(job_id, "backend", f"{backend} failed; pulling the rest for the QC report and a retry")
+                await ingest  # its own error, if any, comes first
                 raise BackendFailed(f"reconstruction failed while frames were landing: {why}")
             ingest.result()  # an ingest error ends the job here; the backend is stopped below
             self._observe("extracting", job_id, time.monotonic() - started)
@@ -439,20 +442,33 @@ class JobManager:
         qc = self._qc[job_id] = JobQc.for_job(job_id, job_dir, spec, self.settings)
         await asyncio.to_thread(qc.resume, index.frames)
         pulled: dict[int, int] = {}  # frames pulled so far of each video being pulled
+        landed = [len(index.frames)]  # frames in the job folder
+        #: True: a progress() is scheduled (frames that land meanwhile share its state.json write); None: ended.
+        pending: list[bool | None] = [False]
 
         def progress() -> None:
+            if pending[0] is None:
+                return  # the ingest has ended: its last word is said
+            pending[0] = False
             job = self.jobs[job_id]
             expected = spec.extract.max_frames
-            within = sum(min(c / expected, 0.99) for c in pulled.values()) if expected else 0.0
+            within = sum(min(c / expected, 0.99) for c in list(pulled.values())) if expected else 0.0
             share = (job.videos_done + within) / n
             active = ", ".join(str(i + 1) for i in sorted(pulled))
-            self._note(job_id, "ingest", f"video {active}/{n}: {job.frames} frames" if active else
-                       f"{job.frames} frames of {n} video(s)", progress=share, ingest_progress=share)  # fmt: skip
+            self._note(job_id, "ingest", f"video {active}/{n}: {landed[0]} frames" if active else
+                       f"{landed[0]} frames of {n} video(s)", frames=landed[0], progress=share,
+                       ingest_progress=share)  # fmt: skip
 
-        def on_publish(frame: IndexedFrame, path: Path) -> None:  # in job order, from any thread
+        def schedule_progress() -> None:  # from the pull threads
+            if pending[0] is False:
+                pending[0] = True
+                loop.call_soon_threadsafe(progress)
+
+        def on_publish(frame: IndexedFrame, path: Path) -> None:  # in job order, one at a time
             qc.observe(frame, path)  # frame QC as frames land: no second pass over the files
             self.frames_ingested.inc()
-            loop.call_soon_threadsafe(lambda: (self._update(job_id, frames=self.jobs[job_id].frames + 1), progress()))
+            landed[0] += 1
+            schedule_progress()
 
         todo = [i for i in range(len(index.videos), n)]
         ordered = OrderedFrames(job_dir, n, first_video=len(index.videos), next_number=len(index.frames) + 1,
@@ -472,13 +488,14 @@ class JobManager:
                 def on_frame(frame: IndexedFrame, path: Path) -> None:
                     ordered.add(i, frame, path)
                     pulled[i] = frame.index
-                    loop.call_soon_threadsafe(progress)
+                    schedule_progress()
 
                 for retry in range(self.settings.ingest_retries + 1):
                     thread = asyncio.ensure_future(asyncio.to_thread(
                         pull_video, source, spec.extract, staging, video_index=i, first_frame=1,
                         token=self.token, timeout_s=self.settings.storage_timeout_s, cancel=cancel,
                         on_frame=on_frame))  # fmt: skip
+                    thread.add_done_callback(lambda f: f.cancelled() or f.exception())  # read, even when abandoned
                     try:
                         await asyncio.shield(thread)
                         break
@@ -506,7 +523,7 @@ class JobManager:
                     index.videos.append(videos[v])
                     atomic_write_bytes(job_dir / FRAMES_INDEX_NAME, index.model_dump_json(indent=1).encode())
                     atomic_write_bytes(job_dir / f".video_{v}.done", b"")
-                    self._update(job_id, videos_done=v + 1, frames=len(index.frames))
+                    self._update(job_id, videos_done=v + 1)
                 progress()
 
         videos: dict[int, IndexedVideo] = {}
@@ -519,7 +536,9 @@ class JobManager:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             raise
-        self._update(job_id, progress=1.0, ingest_progress=1.0)
+        finally:
+            pending[0] = None
+        self._update(job_id, frames=landed[0], progress=1.0, ingest_progress=1.0)
 
     def _note(self, job_id: int, part: str, text: str, **changes) -> AgentJob:
         """Say ``text`` as the job's message; while it streams, beside the other part's words."""

@@ -163,3 +163,14 @@ def test_unrelated_frames_fail_readably(tmp_path):
 def test_out_of_range_sift_parameters_are_refused(tmp_path):
     proc, _ = run_runner(tmp_path, tmp_path, timeout_s=60, extra=("--max-features", "10"))
     assert proc.returncode == 2 and "--max-features must be within" in proc.stderr
+
+
+def test_runner_argv_for_colmap_follows_when_asked(tmp_path):
+    from services.gpu_agent.backends import runner_argv
+
+    batch = runner_argv("colmap", tmp_path / "f", tmp_path / "o", threads=2, colmap_max_features=1000)
+    assert batch == [sys.executable, "-m", "services.gpu_agent.backends.colmap_runner", "--frames", str(tmp_path / "f"),
+                     "--out", str(tmp_path / "o"), "--max-features", "1000", "--threads", "2"]  # fmt: skip
+    follow = runner_argv("colmap", tmp_path / "f", tmp_path / "o", threads=2, colmap_max_features=1000, follow=True)
+    assert follow == [*batch, "--follow"]
+    # The follower's behaviour (work before the sentinel, batch-equal outputs) is in test_streaming.py.

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import resource
 import secrets
@@ -40,8 +41,10 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 from services.demo.run import Cluster  # noqa: E402
+from storage_extraction import free_port  # noqa: E402
 from shared.auth import auth_headers  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -144,14 +147,6 @@ def survey_video(out_dir: Path, *, seconds: float, fps: float, name: str = "GX01
 
 
 # -- a cluster and one job ----------------------------------------------------------------
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 def stream_setting() -> str | None:
     """The gpu agent's setting that switches streaming into reconstruction, if it has one."""
@@ -363,7 +358,7 @@ def run_e2e(media: Path, *, seconds: float, fps: float, rounds: int = 1, width: 
     result = E2eResult(f"{name}: synthetic survey, {seconds:g} s, 1920x1080 H.264 30 fps", 0, [], [], [], setting,
                        [])
     result.commands.append(f"cosma-qc core / storage-agent / gpu-agent [{' | '.join(' '.join(v) for _, v in variants)}] "
-                           f"+ POST /api/v1/jobs {body}")
+                           f"+ POST /api/v1/jobs {json.dumps(body)}")
     for round_ in range(rounds):
         steps = [("alone", None)] + [(label, args) for label, args in variants]
         if round_ % 2:

@@ -20,6 +20,7 @@ backend runner), read every 0.1 s while it lives.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import threading
@@ -122,7 +123,7 @@ def run_memory(media: Path, *, seconds: float = 60, factor: int = 10, log=print)
         for label, video_s, name, fps in jobs:
             body = {"videos": [{"storage": "storage-1", "path": name}], "backend": "colmap", "fps": fps,
                     "width": WIDTH}
-            result.commands.append(f"POST /api/v1/jobs {body}")
+            result.commands.append(f"POST /api/v1/jobs {json.dumps(body)}")
             with PeakSampler(cluster.pids) as sampler:
                 run = cluster.run_job(label, body)
             if run.state != "done":

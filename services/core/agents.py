@@ -85,7 +85,7 @@ class AgentClient:
         except httpx.TimeoutException:
             raise AgentUnreachable(url, f"{method} {url} timed out after {timeout:g} s") from None
         except httpx.TransportError as exc:
-            raise AgentUnreachable(url, f"{method} {url} failed: {exc or type(exc).__name__}") from None
+            raise AgentUnreachable(url, f"{method} {url} failed: {str(exc) or type(exc).__name__}") from None
         _raise_for_status(method, url, response)
         return response
 
@@ -126,7 +126,7 @@ class AgentClient:
         except httpx.TimeoutException:
             raise AgentUnreachable(url, f"GET {url} timed out after {self.request_timeout_s:g} s") from None
         except httpx.TransportError as exc:
-            raise AgentUnreachable(url, f"GET {url} failed: {exc or type(exc).__name__}") from None
+            raise AgentUnreachable(url, f"GET {url} failed: {str(exc) or type(exc).__name__}") from None
         if response.is_error:
             await response.aread()
             await response.aclose()

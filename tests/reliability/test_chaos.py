@@ -46,3 +46,32 @@ def test_the_fault_schedule_follows_from_the_seed():
         assert fault.kind in chaos.FAULT_KINDS
         if fault.kind == "cut_link":
             assert fault.hold_s > 6.0 and fault.mode in ("blackhole", "reset")  # longer than the lease
+
+
+def test_an_agent_link_reset_is_reported_with_a_reason(tmp_path):
+    """Found by a chaos run: a pooled connection reset by the network raised an httpx error
+    with an empty message, and the core logged "GET …/health failed: " with no reason."""
+    import asyncio
+
+    from conftest import TOKEN, serve_app
+    from services.core.agents import AgentClient, AgentUnreachable
+    from services.storage_agent.app import create_app
+    from services.storage_agent.config import StorageSettings
+    from tcp_proxy import TcpProxy
+
+    app = create_app(StorageSettings(roots=[tmp_path], token=TOKEN))
+
+    async def poll_twice(proxy):
+        agents = AgentClient(TOKEN, poll_timeout_s=2, request_timeout_s=2)
+        try:
+            await agents.health(proxy.url)  # the connection is now open and pooled
+            proxy.cut(mode="reset")
+            await agents.health(proxy.url)
+        finally:
+            await agents.aclose()
+
+    with serve_app(app) as url, TcpProxy(target_port=int(url.rsplit(":", 1)[1])) as proxy:
+        with pytest.raises(AgentUnreachable) as raised:
+            asyncio.run(poll_twice(proxy))
+    reason = raised.value.message.split(" failed: ", 1)[1]
+    assert reason.strip(), raised.value.message

@@ -360,6 +360,8 @@ class JobManager:
         """Ingest with the backend following the frames; the backend ends the job's work."""
         job_dir = self.job_dir(job_id)
         (job_dir / INGEST_DONE_NAME).unlink(missing_ok=True)
+        # Frames of a video an earlier run left half-pulled go before the follower can see them.
+        await asyncio.to_thread(self._load_index, job_dir, self.jobs[job_id].spec)
         for name in OUTPUT_FILES:
             (job_dir / name).unlink(missing_ok=True)
         self._notes[job_id] = {"ingest": "", "backend": ""}

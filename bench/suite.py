@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -404,6 +405,7 @@ def run_memory(profile: Profile, media: Path) -> Section:
         "work is the same, only the video's length changes. Peak = `VmHWM` (reset through `clear_refs` before "
         "each job) of each service, and of each child read every 0.1 s while it lives. Same runs as:", "",
         f"    .venv/bin/python bench/memory.py --seconds {profile.memory_seconds:g} --factor {profile.memory_factor}", "",
+        "Jobs: " + "; ".join(f"`{c}`" for c in result.commands), "",
         *memory.table(result)]
     for role in memory.ROLES:
         a, b = short.peaks_kib.get(role), long.peaks_kib.get(role)
@@ -495,7 +497,7 @@ def main(argv: list[str] | None = None, *, prog: str = "cosma-qc bench") -> int:
     info, load_before = machine(), load()
     started_at, started = datetime.now(timezone.utc), time.perf_counter()
     log(f"{profile.name} suite: {', '.join(only)}; load {load_before}")
-    sections = []
+    sections, failed = [], []
     with contextlib.ExitStack() as stack:
         media = args.media
         if media is None:
@@ -506,7 +508,13 @@ def main(argv: list[str] | None = None, *, prog: str = "cosma-qc bench") -> int:
             if key not in only:
                 continue
             t0, cpu0 = time.perf_counter(), cpu_s()
-            section = RUNNERS[key](profile, media)
+            try:
+                section = RUNNERS[key](profile, media)
+            except Exception as exc:  # noqa: BLE001 - the other sections still run and are written
+                log(f"{key} failed:\n{traceback.format_exc()}")
+                section = Section(key, f"{key}: failed", [f"**This section failed**: {type(exc).__name__}: {exc}"])
+                section.figures.append(Figure(f"{key}: failed (see its section)", "", "", None, "", False))
+                failed.append(key)
             section.seconds, section.cpu_s = time.perf_counter() - t0, cpu_s() - cpu0
             sections.append(section)
             log(f"{key} done in {section.seconds:.0f} s ({section.cpu_s:.0f} s CPU)")
@@ -518,7 +526,9 @@ def main(argv: list[str] | None = None, *, prog: str = "cosma-qc bench") -> int:
         current = args.results.read_text() if args.results.exists() else ""
         args.results.write_text(replace_block(current, text))
         print(f"wrote the generated block of {args.results}")
-    return 0
+    if failed:
+        print(f"failed: {', '.join(failed)} (the traceback is above)", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

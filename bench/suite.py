@@ -510,7 +510,7 @@ def main(argv: list[str] | None = None, *, prog: str = "cosma-qc bench") -> int:
             t0, cpu0 = time.perf_counter(), cpu_s()
             try:
                 section = RUNNERS[key](profile, media)
-            except Exception as exc:  # noqa: BLE001 - the other sections still run and are written
+            except (Exception, SystemExit) as exc:  # noqa: BLE001 - the other sections still run and are written
                 log(f"{key} failed:\n{traceback.format_exc()}")
                 section = Section(key, f"{key}: failed", [f"**This section failed**: {type(exc).__name__}: {exc}"])
                 section.figures.append(Figure(f"{key}: failed (see its section)", "", "", None, "", False))

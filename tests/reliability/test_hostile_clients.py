@@ -13,7 +13,7 @@ import time
 import httpx
 import pytest
 
-from conftest import TOKEN, require_ffmpeg
+from conftest import TOKEN, make_test_video, require_ffmpeg
 from service_procs import AUTH, Services
 from services.demo.synth import render_survey
 
@@ -76,6 +76,27 @@ def test_a_client_reading_a_frame_stream_very_slowly_does_not_hold_up_the_others
     finally:
         slow.close()
     all_healthy(services)
+
+
+def test_a_client_that_stops_reading_is_dropped_and_its_extraction_slot_freed(tmp_path):
+    """A frame stream too long for the socket buffers, a client that takes nothing more (a
+    stopped process, a pulled cable): it held the node's only slot for ever before."""
+    make_test_video(tmp_path / "videos" / "long.mp4", seconds=60, fps=10, size="640x360")
+    with Services(tmp_path) as running:
+        storage = running.start("storage-agent", ["--root", tmp_path / "videos", "--max-concurrent-extractions", "1",
+                                                  "--extraction-wait-s", "120", "--stall-timeout-s", "3"])
+        stalled = raw_connection(storage.url)
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        try:
+            stalled.sendall(f"GET /videos/long.mp4/frames?fps=10 HTTP/1.1\r\nHost: x\r\n"
+                            f"Authorization: Bearer {TOKEN}\r\n\r\n".encode())
+            assert stalled.recv(12).startswith(b"HTTP/1.1 200")
+            # Waits for the only slot, and gets it once the stalled client is dropped.
+            other = httpx.get(f"{storage.url}/videos/long.mp4/frames", params={"fps": 1}, headers=AUTH, timeout=180)
+            assert other.status_code == 200 and b"end.json" in other.content[-2048:]
+        finally:
+            stalled.close()
+        assert "the client took nothing for 3 s" in storage.log()
 
 
 @pytest.mark.parametrize("service,method,path", [

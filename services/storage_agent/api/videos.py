@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated
 
 import anyio
@@ -15,6 +16,7 @@ from services.storage_agent.api.deps import AgentDep
 from services.storage_agent.frames import Extraction, Segmented, plan_extraction
 from services.storage_agent.probe import ProbeError, VideoUnreadable
 
+log = logging.getLogger(__name__)
 router = APIRouter(tags=["videos"])
 
 TAR_MEDIA_TYPE = "application/x-tar"
@@ -34,8 +36,19 @@ class ExtractionResponse(StreamingResponse):
         self.extraction = extraction
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # A client that takes no bytes for as long as ffmpeg may stall (stopped, or cut off with
+        # no FIN) is dropped: else it holds an extraction slot for ever and starves the others.
+        timeout_s = self.extraction._stall_timeout_s
+
+        async def send_or_drop(message) -> None:
+            with anyio.fail_after(timeout_s):
+                await send(message)
+
         try:
-            await super().__call__(scope, receive, send)
+            await super().__call__(scope, receive, send_or_drop)
+        except* TimeoutError:
+            log.warning("frames of %s: the client took nothing for %g s; stream dropped, ffmpeg stopped",
+                        self.extraction.video.path, timeout_s)
         finally:
             with anyio.CancelScope(shield=True):
                 await self.body_iterator.aclose()

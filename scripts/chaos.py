@@ -313,6 +313,7 @@ def check(cluster: Cluster, job_ids: list[int], frames_per_job: int, outcome: Ou
     if extra:  # a submission cut mid-request may have created its job before it was sent again
         outcome.notes.append(f"jobs created by a submission whose answer was lost: {extra}")
     outcome.jobs = [listed[i] for i in sorted(listed)]
+    retried: dict[int, int] = {}  # job → attempts it took, when more than one
     for job in outcome.jobs:
         outcome.counts[job["state"]] = outcome.counts.get(job["state"], 0) + 1
         jid = job["id"]
@@ -334,6 +335,10 @@ def check(cluster: Cluster, job_ids: list[int], frames_per_job: int, outcome: Ou
                     f"but the job is at {job['node']} attempt {job['attempt']}")
         elif dones:
             bad(f"job {jid} is {job['state']} but its history has a done event")
+        if job["attempt"] > 1:
+            retried[jid] = job["attempt"]
+    outcome.notes.append(f"jobs that took more than one attempt: {len(retried)}"
+                         + (f" ({', '.join(f'job {j}: {n}' for j, n in retried.items())})" if retried else ""))
     check_agents(cluster, outcome)
     for job in outcome.jobs:
         if job["state"] == "done":

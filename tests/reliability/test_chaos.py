@@ -54,10 +54,11 @@ def test_an_agent_link_reset_is_reported_with_a_reason(tmp_path):
     import asyncio
 
     from conftest import TOKEN, serve_app
+    from tcp_proxy import TcpProxy
+
     from services.core.agents import AgentClient, AgentUnreachable
     from services.storage_agent.app import create_app
     from services.storage_agent.config import StorageSettings
-    from tcp_proxy import TcpProxy
 
     app = create_app(StorageSettings(roots=[tmp_path], token=TOKEN))
 
@@ -70,8 +71,8 @@ def test_an_agent_link_reset_is_reported_with_a_reason(tmp_path):
         finally:
             await agents.aclose()
 
-    with serve_app(app) as url, TcpProxy(target_port=int(url.rsplit(":", 1)[1])) as proxy:
-        with pytest.raises(AgentUnreachable) as raised:
-            asyncio.run(poll_twice(proxy))
+    with serve_app(app) as url, TcpProxy(target_port=int(url.rsplit(":", 1)[1])) as proxy, \
+            pytest.raises(AgentUnreachable) as raised:
+        asyncio.run(poll_twice(proxy))
     reason = raised.value.message.split(" failed: ", 1)[1]
     assert reason.strip(), raised.value.message

@@ -171,6 +171,9 @@ async def test_the_list_is_the_json_of_the_job_models(tmp_path, storage):
         resp = await client.get("/api/v1/jobs", params={"limit": 1})
         page = resp.json()
         assert resp.headers["content-type"] == "application/json" and page["next_cursor"] == ids[1]
+        from shared import API_VERSION
+        missing = await client.get("/api/v1/jobs/999")
+        assert resp.headers["x-cosma-api"] == missing.headers["x-cosma-api"] == API_VERSION  # every answer says it
         assert resp.content == JobsPublic.model_validate(page).model_dump_json().encode()
         for params in ({"limit": 1}, {"cursor": ids[1]}):
             job = (await client.get("/api/v1/jobs", params=params)).json()["jobs"][0]

@@ -46,6 +46,7 @@ sys.path[:0] = [str(REPO), str(REPO / "tests" / "reliability")]
 sys.path.append(str(REPO / "tests"))  # after REPO: tests/shared is not shared/
 
 from service_procs import Service
+from tcp_proxy import TcpProxy
 
 from shared.auth import auth_headers, new_token
 
@@ -119,11 +120,11 @@ class Cluster:
         self.core = Node("core", "core", core_args, base, self.token)
         self.storage = Node("storage-1", "storage-agent", ["--root", str(videos)], base, self.token)
         self.gpus = [Node(f"gpu-{i + 1}", "gpu-agent",
-                             ["--workdir", str(base / f"gpu-{i + 1}"), "--backend-threads", str(s.backend_threads),
-                              "--colmap-max-features", str(s.colmap_max_features), "--disk-reserve-mib", "0"],
-                             base, self.token)
+                          ["--workdir", str(base / f"gpu-{i + 1}"), "--backend-threads", str(s.backend_threads),
+                           "--colmap-max-features", str(s.colmap_max_features), "--disk-reserve-mib", "0"],
+                          base, self.token)
                      for i in range(s.gpu_agents)]
-        self.proxies: dict[str, object] = {}
+        self.proxies: dict[str, TcpProxy] = {}
         self.started: list[Node] = []
 
     @property
@@ -147,8 +148,6 @@ class Cluster:
         for gpu in self.gpus:
             url = gpu.url
             if self.settings.proxied:
-                from tcp_proxy import TcpProxy
-
                 proxy = self.proxies[gpu.node] = TcpProxy(gpu.port).start()
                 url = proxy.url
             self.post("/api/v1/nodes", {"name": gpu.node, "role": "gpu", "url": url})

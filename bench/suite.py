@@ -157,75 +157,19 @@ def load() -> str:
 
 # -- 1. extraction ------------------------------------------------------------------------
 
-def decode_setting() -> str | None:
-    """The storage agent's setting for segment-parallel decode processes, if it has one."""
-    from services.storage_agent.config import StorageSettings
-
-    return "decode_processes" if "decode_processes" in StorageSettings.model_fields else None
-
-
-@contextlib.contextmanager
-def frames_query(**extra):
-    """Add ``extra`` to the frames request the gpu agent's ``pull_video`` makes (e.g. ``segments``)."""
-    from services.gpu_agent import ingest
-
-    real = ingest.httpx.stream
-
-    def stream(method, url, *, params=None, **kwargs):
-        return real(method, url, params={**(params or {}), **extra}, **kwargs)
-
-    ingest.httpx.stream = stream
-    try:
-        yield
-    finally:
-        ingest.httpx.stream = real
-
-
 def run_extraction(profile: Profile, media: Path) -> Section:
     sys.path.insert(0, str(BENCH))
-    import storage_extraction as se  # helper A's script: videos, agent and plain runs, their summary
-
-    from e2e import storage_agent as agent_process
-    from services.storage_agent.frames import plan_extraction
-    from services.storage_agent.probe import VideoFacts
-    from shared.videos import FrameParams, VideoInfo
+    import storage_extraction as se  # helper A's benchmark: videos, agent and plain runs, their summary
 
     section = Section("extraction", "Extraction: storage agent → job folder vs plain ffmpeg")
-    files = {codec: se.video_file(media, codec, profile.extraction_seconds) for codec in profile.codecs}
-    root = media / "root"
-    root.mkdir(exist_ok=True)
-    for file in files.values():
-        if not (root / file.name).exists():
-            os.link(file, root / file.name)
-    token = secrets.token_hex(16)
-    setting = decode_setting()
-    rows, speedups = [], []
-    with tempfile.TemporaryDirectory(dir=media) as tmp:
-        work = Path(tmp)
-        one_process = [f"--{setting.replace('_', '-')}", "1"] if setting else []
-        with agent_process(root, token, work / "agent", one_process) as (url, pid):
-            import httpx
-
-            listing = httpx.get(f"{url}/videos", headers={"Authorization": f"Bearer {token}"}, timeout=120).json()
-            infos = {v["path"]: VideoInfo.model_validate(v) for v in listing["videos"]}
-            for codec in profile.codecs:
-                info = infos[files[codec].name]
-                facts = VideoFacts(duration_s=info.duration_s, fps=info.fps, width=info.width, height=info.height,
-                                   codec=info.codec)
-                for mode in profile.modes:
-                    plan = plan_extraction(FrameParams(**se.MODES[mode]), facts)
-                    agent_runs, plain_runs = [], []
-                    for i in range(profile.extraction_runs):
-                        steps = [(agent_runs, lambda: se.run_agent(url, pid, token, files[codec].name, se.MODES[mode],
-                                                                   work)),
-                                 (plain_runs, lambda: se.run_plain(plan, root / files[codec].name, work))]
-                        for runs, step in (steps if i % 2 == 0 else steps[::-1]):  # alternate who goes first
-                            runs.append(step())
-                    row = se.summarise(codec, mode, info.duration_s, agent_runs, plain_runs)
-                    rows.append(row)
-                    log(f"extraction {codec} {mode}: agent {row['agent_s']:.2f} s, plain {row['plain_s']:.2f} s")
-        if setting and len(profile.processes) > 1:
-            speedups = run_segments(profile, se, files, root, work, token, setting)
+    command = ["--runs", str(profile.extraction_runs), "--seconds", str(profile.extraction_seconds),
+               "--codecs", ",".join(profile.codecs), "--modes", ",".join(profile.modes), "--parts", "agent",
+               "--media", "MEDIA"]
+    rows = se.bench(runs=profile.extraction_runs, seconds=profile.extraction_seconds, codecs=profile.codecs,
+                    modes=profile.modes, parts=("agent",), media=media, command=" ".join(command)).rows
+    for row in rows:
+        log(f"extraction {row['codec']} {row['mode']}: agent {row['agent_s']:.2f} s, plain {row['plain_s']:.2f} s")
+    speedups = run_segments(profile, se, media) if len(profile.processes) > 1 else []
 
     section.lines += [
         f"Frames of generated {profile.extraction_seconds} s 1080p30 videos (noisy test pattern; HEVC re-encoded from "
@@ -233,7 +177,7 @@ def run_extraction(profile: Profile, media: Path) -> Section:
         "folder (fsync + rename per frame), against plain `ffmpeg` with the same input options and filters writing "
         f"the same JPEGs; {profile.extraction_runs} interleaved run(s) each, medians. `fps` = 2 fps at 640 px; "
         "`max_frames` = 100 frames spread over the video; `keyframes` = key frames only. Same runs as:", "",
-        f"    {shown([PYTHON, str(BENCH / 'storage_extraction.py'), '--runs', str(profile.extraction_runs), '--seconds', str(profile.extraction_seconds), '--codecs', ','.join(profile.codecs), '--modes', ','.join(profile.modes)])}",
+        f"    {shown([PYTHON, str(BENCH / 'storage_extraction.py'), *command])}",
         "", "| video | mode | frames | agent s | plain s | **ratio** | CPU ratio | agent × realtime | agent peak RSS MiB |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
@@ -257,10 +201,11 @@ def run_extraction(profile: Profile, media: Path) -> Section:
                               f"{max(0.5, profile.extraction_seconds / max(profile.processes)):g} s), interleaved, "
                               f"against one process; speed-up = wall(1) / wall(N); every run gave the same frame "
                               f"count.", "",
-                          "| video | processes | frames | agent s | CPU s | **speed-up** |", "| --- | --- | --- | --- | --- | --- |"]
+                          "| video | processes | frames | agent s | CPU s | CPU vs 1 process | **speed-up** |",
+                          "| --- | --- | --- | --- | --- | --- | --- |"]
         for s in speedups:
             section.lines.append(f"| {s['codec']} | {s['n']} | {s['frames']} | {s['wall_s']:.2f} | {s['cpu_s']:.2f} | "
-                                 f"**{s['speedup']:.2f}** |")
+                                 f"{s['cpu_s'] / speedups[0]['cpu_s']:.2f} | **{s['speedup']:.2f}** |")
             if s["n"] > 1:
                 section.figures.append(Figure(f"segment-parallel {s['codec']} fps, {s['n']} processes vs 1",
                                               f"{s['wall_s']:.2f} s", f"{s['base_s']:.2f} s", s["speedup"],
@@ -268,40 +213,23 @@ def run_extraction(profile: Profile, media: Path) -> Section:
         section.lines += ["", f"Reading: this machine has {os.cpu_count()} cores shared with other work; more "
                               f"processes than free cores cannot help, and each segment pays an extra seek and "
                               f"ffmpeg start."]
-    elif not setting:
-        section.lines += ["", "Segment-parallel decoding: not measured, the storage agent has no decode-process "
-                              "setting in this checkout."]
     return section
 
 
-def run_segments(profile, se, files, root, work, token, setting) -> list[dict]:
-    """Agent extractions in fps mode capped at 1..N segments (the frames route's ``segments``),
-    interleaved, on one agent allowed N decode processes; speed-up against one process."""
-    from e2e import storage_agent as agent_process
+def run_segments(profile: Profile, se, media: Path) -> list[dict]:
+    """Segment-parallel speed-up on the videos above, split into ``max(processes)`` segments.
 
+    storage_extraction's ``bench(parts=("segments",))`` always makes its own 60 s base video
+    (minutes of encoding on 2 cores), so its segments step is called with the suite's videos.
+    """
     most = max(profile.processes)
-    # Segments of at least this many seconds: the video splits into `most` of them.
     min_segment_s = max(0.5, profile.extraction_seconds / most)
-    args = [f"--{setting.replace('_', '-')}", str(most), "--min-segment-s", f"{min_segment_s:g}"]
     codecs = profile.codecs if profile.name == "full" else profile.codecs[:1]
-    out = []
-    with agent_process(root, token, work / "agent-segments", args) as (url, pid):
-        for codec in codecs:
-            results: dict[int, list] = {n: [] for n in profile.processes}
-            for i in range(profile.extraction_runs):
-                for n in (profile.processes if i % 2 == 0 else profile.processes[::-1]):
-                    with frames_query(segments=n):
-                        results[n].append(se.run_agent(url, pid, token, files[codec].name, se.MODES["fps"], work))
-                    log(f"extraction {codec} fps, {n} segment processes: {results[n][-1].wall_s:.2f} s")
-            base = statistics.median(r.wall_s for r in results[profile.processes[0]])
-            for n, runs in results.items():
-                wall = statistics.median(r.wall_s for r in runs)
-                out.append(dict(codec=codec, n=n, frames=runs[0].frames, wall_s=wall,
-                                cpu_s=statistics.median(r.cpu_s for r in runs), speedup=base / wall, base_s=base))
-            counts = {r.frames for runs in results.values() for r in runs}
-            if len(counts) != 1:
-                raise RuntimeError(f"segment-parallel extraction of {codec} gave different frame counts: {counts}")
-    return out
+    root = media / "root"
+    files = {codec: se._served(se.video_file(media, codec, profile.extraction_seconds), root) for codec in codecs}
+    with tempfile.TemporaryDirectory(dir=media) as tmp:
+        return se._segments(root, secrets.token_hex(16), files, profile.processes, profile.extraction_runs,
+                            min_segment_s, Path(tmp))
 
 
 # -- 2. one job end to end ----------------------------------------------------------------

@@ -5,8 +5,9 @@ starts ``cosma-qc core`` as a subprocess (scheduler off: only the API is measure
 a FAKE storage agent catalog from this process (job creation looks videos up there), then
 sends ``--requests`` of each kind with ``--concurrency`` clients:
 
-* list: ``GET /api/v1/jobs?limit=50`` (newest first, with the total count), and filtered by
-  state, and the second page by cursor;
+* list: ``GET /api/v1/jobs?limit=50`` (newest first, with the total count), filtered by state
+  and text (``list_filtered``), by text alone (``list_search``: a video path), and a later page
+  by cursor;
 * create: ``POST /api/v1/jobs`` (one catalog lookup on the storage agent, then an insert).
 
     .venv/bin/python bench/core/bench_api.py [--db sqlite|postgresql] [--stored 10000] [--warm-up N]
@@ -86,7 +87,7 @@ def cpu_seconds(pid: int) -> float:
 #: Dashboard pages (``--kinds pages``): overview, the first Jobs page, a search, a later page, one job.
 PAGES = {"page_overview": "/", "page_jobs": "/jobs", "page_jobs_search": "/jobs?q=GX010042",
          "page_jobs_later": "/jobs?state=done&cursor=5000", "page_job": "/jobs/5000"}
-API_KINDS = ("list", "list_filtered", "list_cursor", "create")
+API_KINDS = ("list", "list_filtered", "list_search", "list_cursor", "create")
 
 
 async def load(base: str, kind: str, requests: int, concurrency: int) -> dict:
@@ -102,6 +103,8 @@ async def load(base: str, kind: str, requests: int, concurrency: int) -> dict:
             resp = await client.get("/api/v1/jobs", params={"limit": 50})
         elif kind == "list_filtered":
             resp = await client.get("/api/v1/jobs", params={"limit": 50, "state": "failed", "q": "job 12"})
+        elif kind == "list_search":  # text only: ~100 of the 10,000 jobs have a video path with it
+            resp = await client.get("/api/v1/jobs", params={"limit": 50, "q": "gx0100"})
         elif kind in PAGES:  # the dashboard's server-rendered pages
             resp = await client.get(PAGES[kind])
         else:  # list_cursor

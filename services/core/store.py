@@ -14,8 +14,10 @@ SQLite ignores ``FOR UPDATE``: with SQLite run one core process.
 
 from __future__ import annotations
 
+import bisect
 import functools
 import json
+import operator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -346,7 +348,17 @@ class Store:
         where = self._job_filters(states, node, text)
         page = [*where, jobs.c.id < before_id] if before_id is not None else where
         with self.engine.connect() as conn:
-            total = conn.execute(sa.select(func.count()).select_from(jobs).where(*where)).scalar_one()
+            if text:
+                # The text match scans a column (the message, at least): once, not once for the
+                # count and again for the page. Its ids, newest first, give both.
+                ids = conn.execute(sa.select(jobs.c.id).where(*where).order_by(jobs.c.id.desc())).scalars().all()
+                total = len(ids)
+                if before_id is not None:
+                    ids = ids[bisect.bisect_right(ids, -before_id, key=operator.neg):]  # ids < before_id
+                page = [jobs.c.id.in_(ids[offset:offset + limit])]
+                offset = 0
+            else:
+                total = conn.execute(sa.select(func.count()).select_from(jobs).where(*where)).scalar_one()
             result = conn.execute(_list_select().where(*page).order_by(jobs.c.id.desc()).offset(offset).limit(limit))
             rows = [dict(zip(JOB_LIST_FIELDS, row)) for row in result.all()]
             by_id = {}
@@ -398,8 +410,10 @@ class Store:
 
         if len(text) >= 3 and self._has_sqlite_search():
             # A quoted FTS5 phrase of trigrams: the substring, case-folded; no operators inside.
-            return or_(like(jobs.c.message), jobs.c.id.in_(sa.select(_JOB_TEXT.c.rowid).where(
-                _JOB_TEXT.c.body.op("MATCH")('"' + text.replace('"', '""') + '"'))))
+            # A UNION of ids rather than an OR: SQLite then reads the jobs by id (2 ms, not 3.6).
+            return jobs.c.id.in_(sa.union(
+                sa.select(jobs.c.id).where(like(jobs.c.message)),
+                sa.select(_JOB_TEXT.c.rowid).where(_JOB_TEXT.c.body.op("MATCH")('"' + text.replace('"', '""') + '"'))))
         return or_(like(jobs.c.message), like(jobs.c.error), like(jobs.c.recording),
                    jobs.c.id.in_(sa.select(videos.c.job_id).where(like(videos.c.path))))
 

@@ -240,7 +240,9 @@ def test_plain_job_rows_list_what_the_orm_lists(store):
     assert done.files == ["a b.ply"]
     cases = [{}, {"limit": 3}, {"limit": 3, "before_id": 5}, {"limit": 2, "offset": 3},
              {"states": [JobState.assigned]}, {"node": "g1"}, {"text": "gx03"}, {"text": "GX0042"},
-             {"states": [JobState.queued], "text": "B4"}, {"text": "nothing"}]
+             {"states": [JobState.queued], "text": "B4"}, {"text": "nothing"},
+             {"text": "dir/", "before_id": 5, "limit": 2}, {"text": "mp4", "limit": 2, "offset": 3},
+             {"text": "mp4", "before_id": 4, "offset": 1}, {"text": "gx", "limit": 3}]
     for case in cases:
         jobs, count = store.list_jobs(**case)
         rows, row_count = store.list_job_rows(**case)

@@ -98,11 +98,6 @@ def self_cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def children_cpu_s() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
 def reset_peak(pid: int) -> None:
     """Reset VmHWM to the current RSS (``clear_refs`` 5), so the next peak is this run's."""
     with contextlib.suppress(OSError):

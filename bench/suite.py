@@ -258,6 +258,12 @@ def run_end_to_end(profile: Profile, media: Path) -> Section:
         wall = e2e.median(r.wall_s for r in result.runs if r.label == label)
         section.figures.append(Figure(f"{label} / slowest stage", f"{wall:.1f} s", f"{slowest:.1f} s",
                                       wall / slowest, "≤ 1.15", wall / slowest <= 1.15))
+    walls = {label: e2e.median(r.wall_s for r in result.runs if r.label == label) for label in
+             dict.fromkeys(r.label for r in result.runs)}
+    on, off = walls.get("end to end, streaming on"), walls.get("end to end, streaming off")
+    if on and off:
+        section.figures.append(Figure("end to end, streaming on / off", f"{on:.1f} s", f"{off:.1f} s", on / off, "< 1",
+                                      on < off))
     section.lines += ["", "Reading: target end to end ≤ 1.15 × the slowest stage (bold). CPU s = all CPU of the "
                           "three services and their children (ffmpeg, the runner) over the job, against the stages' "
                           "own; the difference is the services' polling and bookkeeping. \"all frames in\" and "

@@ -9,6 +9,7 @@ bench/RESULTS.md, leaving the real file and every hand-written section alone.
 from __future__ import annotations
 
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -58,20 +59,28 @@ def test_replace_block_adds_it_once_then_rewrites_only_its_inside():
         suite.replace_block(hand + suite.END + "\n", "x")
 
 
-def test_e2e_and_memory_tables_are_well_formed():
+def test_e2e_and_memory_sections_render_well_formed_tables(monkeypatch):
+    """The suite's e2e and memory sections on made-up measurements (their real runs take minutes)."""
     runs = [e2e.JobRun("end to end, streaming on", 50.0, 48.0, 12.0, 3.0, {"core": 1.0, "gpu-agent": 30.0}, 40, "done",
                        streaming=True),
             e2e.JobRun("end to end, streaming off", 60.0, 58.0, 12.0, None, {"core": 1.0, "gpu-agent": 30.0}, 40, "done")]
-    result = e2e.E2eResult("synthetic", 40, [(10.0, 8.0)], [(45.0, 80.0)], runs, "stream_reconstruction", [])
-    lines = e2e.table(result)
-    assert_well_formed(lines)
-    assert any("**1.11**" in line for line in lines)  # 50 s against the slowest stage, 45 s
+    result = e2e.E2eResult("synthetic", 40, [(10.0, 8.0)], [(45.0, 80.0)], runs, "stream_reconstruction", ["cmd"])
     mem = memory.MemoryResult({"core": 170_000}, [
         memory.MemoryRun("1-minute video", 60, 60, 30.0, {"core": 175_000, "backend runner": 300_000}),
-        memory.MemoryRun("10-minute video", 600, 60, 31.0, {"core": 175_000, "backend runner": 310_000})])
-    lines = memory.table(mem)
-    assert_well_formed(lines)
-    assert len(lines) == 2 + len(memory.ROLES)
+        memory.MemoryRun("10-minute video", 600, 60, 31.0, {"core": 175_000, "backend runner": 310_000})], ["job"])
+    monkeypatch.setattr(e2e, "run_e2e", lambda *args, **kwargs: result)
+    monkeypatch.setattr(memory, "run_memory", lambda *args, **kwargs: mem)
+    profile = suite.PROFILES["tiny"]
+    sections = [suite.run_end_to_end(profile, Path("unused")), suite.run_memory(profile, Path("unused"))]
+    text = suite.render(sections, command="cosma-qc bench", profile=profile, info=suite.machine(), load_before="1",
+                        load_after="1", total_s=60.0, started=datetime.now(timezone.utc))
+    for table in tables(text):
+        assert_well_formed(table)
+    assert "| end to end, streaming on | **50.0** |" in text and "**1.11**" in text  # 50 s vs the slowest stage, 45 s
+    figures = {f.figure: f for section in sections for f in section.figures}
+    assert figures["end to end, streaming on / off"].ratio == pytest.approx(50 / 60)
+    assert figures["peak RSS backend runner, 10-minute video / 1-minute video"].met is True  # 310/300 <= 1.10
+    assert len(memory.table(mem)) == 2 + len(memory.ROLES)
 
 
 @pytest.mark.timeout(180)

@@ -6,8 +6,9 @@ Run as a subprocess by the gpu agent::
 
 With ``--follow`` it starts before the last frame has landed: it extracts SIFT features of
 each frame as it appears in ``--frames`` (in frame order, a frame file that exists being
-complete), and matches and maps once the agent writes ``.ingest.done`` there. The outputs
-are those of a run started after the last frame (same database, same order).
+complete) and matches each sequential pair as soon as both its frames have features; it
+matches the rest and maps once the agent writes ``.ingest.done`` there. The outputs are
+those of a run started after the last frame (same database, same pairs, same order).
 
 Reads ``frame_%06d.jpg`` (and ``frames.json`` when present) from ``--frames``; writes
 ``reconstruction.ply`` and ``cameras.json`` atomically into ``--out``, with the colmap
@@ -165,15 +166,16 @@ def reconstruct(frames_dir: Path, out_dir: Path, *, threads: int, camera_model: 
     database = scratch / "database.db"
     pycolmap.set_random_seed(0)
 
+    matched: set[tuple[int, int]] = set()
     if follow:
-        frames = follow_extract(database, frames_dir, threads=threads, camera_model=camera_model, progress=progress,
-                                sift=sift)
+        frames = follow_extract(database, frames_dir, scratch, matched, threads=threads, camera_model=camera_model,
+                                progress=progress, sift=sift)  # fmt: skip
     else:
         extract(database, frames_dir, frames, threads=threads, camera_model=camera_model, progress=progress,
                 sift=sift)
     check_features(database, frames_dir, len(frames))
     index = load_frame_index(frames_dir)  # read after the last frame: it lists every video
-    match(database, scratch, threads=threads, progress=progress)
+    match(database, scratch, threads=threads, progress=progress, matched=matched)
     model = map_frames(database, frames_dir, scratch / "sparse", len(frames), threads=threads, progress=progress)
 
     progress("writing", 0.0, f"writing {PLY_NAME} and {CAMERAS_NAME}")
@@ -328,12 +330,15 @@ class FollowedFolder:
         return new
 
 
-def follow_extract(database: Path, frames_dir: Path, *, threads: int, camera_model: str, progress: Progress,
-                   sift: SiftParams, poll_s: float = FOLLOW_POLL_S) -> list[Frame]:
+def follow_extract(database: Path, frames_dir: Path, scratch: Path, matched: set[tuple[int, int]], *, threads: int,
+                   camera_model: str, progress: Progress, sift: SiftParams,
+                   poll_s: float = FOLLOW_POLL_S) -> list[Frame]:  # fmt: skip
     """SIFT on each frame as it lands, until ``.ingest.done``; returns every frame, in order.
 
     Frames are imported in frame order, all of one size on one camera, as :func:`extract`
-    does, so the database is the one a batch run builds.
+    does, so the database is the one a batch run builds. Sequential pairs whose frames both
+    have features are matched on the way (added to ``matched``): frames land in name order,
+    so the pairs among the first frames are those a batch run makes among them.
     """
     pycolmap.Database.open(database).close()
     folder = FollowedFolder(frames_dir)
@@ -348,7 +353,13 @@ def follow_extract(database: Path, frames_dir: Path, *, threads: int, camera_mod
         for start in range(0, len(new), FOLLOW_CHUNK):
             _import_and_extract(database, frames_dir, new[start : start + FOLLOW_CHUNK], cameras, reader, options)
             done = len(folder.taken) - len(new) + min(len(new), start + FOLLOW_CHUNK)
-            progress("features", 0.0, f"SIFT on {done} frames so far; more are landing")
+            progress("features", 0.0, f"SIFT on {done} frames so far, {len(matched)} pairs matched; more are landing")
+        if new and not finished:
+            names, pairs = sequential_pairs(database)
+            ready = [pair for pair in pairs if pair not in matched]
+            if ready:
+                match_pairs(database, scratch, names, ready, threads=threads)
+                matched.update(ready)
         if finished:
             break
         if not new:
@@ -406,12 +417,8 @@ def check_features(database: Path, frames_dir: Path, total: int) -> None:
         )
 
 
-def match(database: Path, scratch: Path, *, threads: int, progress: Progress) -> None:
-    """Sequential matching: frames come from videos, so neighbours in time overlap most.
-
-    COLMAP's sequential pairs are matched in chunks through an imported pair list, because
-    ``match_sequential`` reports no progress and matching is the longest stage on the CPU.
-    """
+def sequential_pairs(database: Path) -> tuple[dict[int, str], list[tuple[int, int]]]:
+    """Image names by id, and COLMAP's sequential pairs of the images in the database."""
     pairing = pycolmap.SequentialPairingOptions()
     pairing.overlap = SEQUENTIAL_OVERLAP
     pairing.quadratic_overlap = True
@@ -419,29 +426,49 @@ def match(database: Path, scratch: Path, *, threads: int, progress: Progress) ->
     db = pycolmap.Database.open(database)
     try:
         names = {image.image_id: image.name for image in db.read_all_images()}
-        pairs = pycolmap.SequentialPairGenerator(pairing, db).all_pairs()
+        pairs = [tuple(pair) for pair in pycolmap.SequentialPairGenerator(pairing, db).all_pairs()]
     finally:
         db.close()
+    return names, pairs
 
+
+def match_pairs(database: Path, scratch: Path, names: dict[int, str], pairs: list[tuple[int, int]], *,
+                threads: int) -> None:  # fmt: skip
+    """Match and verify ``pairs`` (one pycolmap call, through an imported pair list)."""
     matching = pycolmap.FeatureMatchingOptions()
     matching.num_threads = threads
     verification = pycolmap.TwoViewGeometryOptions()
     verification.ransac.random_seed = 0
     imported = pycolmap.ImportedPairingOptions()
     imported.match_list_path = str(scratch / "pairs.txt")
+    Path(imported.match_list_path).write_text("".join(f"{names[a]} {names[b]}\n" for a, b in pairs))
+    pycolmap.match_image_pairs(database, matching, imported, verification, pycolmap.Device.cpu)
+
+
+def match(database: Path, scratch: Path, *, threads: int, progress: Progress,
+          matched: set[tuple[int, int]] = frozenset()) -> None:  # fmt: skip
+    """Sequential matching: frames come from videos, so neighbours in time overlap most.
+
+    COLMAP's sequential pairs are matched in chunks through an imported pair list, because
+    ``match_sequential`` reports no progress and matching is the longest stage on the CPU.
+    Pairs in ``matched`` (matched while frames landed) are not matched again.
+    """
+    names, every = sequential_pairs(database)
+    pairs = [pair for pair in every if pair not in matched]
+    earlier = len(every) - len(pairs)
     chunk = max(8 * threads, math.ceil(len(pairs) / MATCH_CHUNKS))
-    progress("matching", 0.0, f"matching {len(pairs)} frame pairs")
+    progress("matching", 0.0, f"matching {len(pairs)} frame pairs" + (f" ({earlier} matched earlier)" if earlier else ""))
     for start in range(0, len(pairs), chunk):
-        lines = [f"{names[a]} {names[b]}\n" for a, b in pairs[start : start + chunk]]
-        Path(imported.match_list_path).write_text("".join(lines))
-        pycolmap.match_image_pairs(database, matching, imported, verification, pycolmap.Device.cpu)
+        match_pairs(database, scratch, names, pairs[start : start + chunk], threads=threads)
         done = min(len(pairs), start + chunk)
         progress("matching", done / max(1, len(pairs)), f"matched {done} of {len(pairs)} frame pairs")
+    if not pairs:
+        progress("matching", 1.0, f"all {len(every)} frame pairs matched while frames landed")
 
     db = pycolmap.Database.open(database)
     try:
         _, inliers = db.read_two_view_geometry_num_inliers()
-        log.info("matching: %d of %d frame pairs verified", sum(1 for n in inliers if n > 0), len(pairs))
+        log.info("matching: %d of %d frame pairs verified", sum(1 for n in inliers if n > 0), len(every))
     finally:
         db.close()
 

@@ -22,8 +22,15 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from conftest import (
+    TOKEN,
+    make_test_video,
+    processes_matching,
+    require_ffmpeg,
+    serve_app,
+    wait_until,
+)
 
-from conftest import TOKEN, make_test_video, processes_matching, require_ffmpeg, serve_app, wait_until
 from services.demo.run import Cluster
 from services.demo.synth import render_survey
 from services.gpu_agent.app import create_app

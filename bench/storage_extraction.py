@@ -142,9 +142,9 @@ def _seconds_of(path: Path) -> int:
 
 def long_video(media: Path, codec: str, seconds: int, base_seconds: int = 60) -> Path:
     """A ``seconds`` long video: the ``base_seconds`` one looped, streams copied (no re-encoding)."""
-    base = video_file(media, codec, base_seconds)
     if seconds <= base_seconds:
-        return base
+        return video_file(media, codec, seconds)
+    base = video_file(media, codec, base_seconds)
     path = media / f"{codec}_1080p_{seconds}s.mp4"
     if not path.exists():
         part = path.with_suffix(".part.mp4")

@@ -458,9 +458,14 @@ class SegmentedExtraction:
             if not self._budget.try_take():
                 return False
             self._extras += 1
+        starting = asyncio.ensure_future(
+            fftools.start(self.plan.argv(self.video.file, segment=segment, threads=self.threads)))
         try:
-            proc = await fftools.start(self.plan.argv(self.video.file, segment=segment, threads=self.threads))
+            # Shielded: a cancel (the client left) must not lose a process already forked.
+            proc = await asyncio.shield(starting)
         except BaseException:
+            with contextlib.suppress(BaseException):
+                await fftools.stop(await starting)
             if extra:
                 self._give_extra()
             raise

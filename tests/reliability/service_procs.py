@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 import httpx
-
 from conftest import TOKEN
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -45,7 +44,7 @@ class Service:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> "Service":
+    def start(self) -> Service:
         argv = [sys.executable, "-m", "services.cli", self.name, "--host", "127.0.0.1",
                 "--port", str(self.port), *self.args]
         with open(self.log_path, "ab") as log:
@@ -100,7 +99,7 @@ class Services:
     def logs(self) -> dict[str, str]:
         return {s.log_path.name: s.log() for s in self.started}
 
-    def __enter__(self) -> "Services":
+    def __enter__(self) -> Services:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -116,3 +115,14 @@ def agent_job(url: str, job_id: int) -> dict | None:
         if resp.status_code == 200:
             return resp.json()
     return None
+
+
+def survey_base(tmp_path_factory, name: str):
+    """A fresh folder with ``videos/GX010001.MP4``, a 3 s rendered survey (30 frames at 10 fps)."""
+    from conftest import require_ffmpeg
+
+    from services.demo.synth import render_survey
+
+    require_ffmpeg()
+    base = tmp_path_factory.mktemp(name)
+    return base, render_survey(base / "videos", seconds=3.0, fps=10.0)

@@ -68,7 +68,7 @@ def _close(sock: socket.socket | None, *, reset: bool = False) -> None:
 class _Link:
     """One client connection and its upstream connection, pumped by one thread."""
 
-    def __init__(self, proxy: "TcpProxy", client: socket.socket, upstream: socket.socket) -> None:
+    def __init__(self, proxy: TcpProxy, client: socket.socket, upstream: socket.socket) -> None:
         self.proxy = proxy
         self.client = client
         self.upstream = upstream
@@ -127,7 +127,7 @@ class TcpProxy:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    def start(self) -> "TcpProxy":
+    def start(self) -> TcpProxy:
         server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         server.bind(self._listen)
@@ -154,7 +154,7 @@ class TcpProxy:
         for link in links:
             link.thread.join(timeout=5)
 
-    def __enter__(self) -> "TcpProxy":
+    def __enter__(self) -> TcpProxy:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -215,7 +215,7 @@ class TcpProxy:
         while not self._stopping.is_set():
             try:
                 client, _ = self._server.accept()
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError:
                 return

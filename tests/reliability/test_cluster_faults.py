@@ -18,12 +18,11 @@ import subprocess
 
 import httpx
 import pytest
-
-from conftest import TOKEN, require_ffmpeg, wait_until
-from service_procs import AUTH, Services, agent_job
-from services.demo.synth import render_survey
-from shared.plyio import read_ply
+from conftest import TOKEN, wait_until
+from service_procs import AUTH, Services, agent_job, survey_base
 from tcp_proxy import TcpProxy
+
+from shared.plyio import read_ply
 
 pytestmark = pytest.mark.slow
 
@@ -34,7 +33,7 @@ WRONG_TOKEN = "wrong-token-9876543210abcdef"
 
 def _bad_media(videos):
     """Audio only, an 8192x8192 picture, a variable frame rate (10 then 20 frames/s)."""
-    run = lambda *args: subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y", *args],  # noqa: E731
+    run = lambda *args: subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y", *args],
                                        check=True, timeout=120)
     run("-f", "lavfi", "-i", "sine=duration=2", "-c:a", "aac", "-f", "mp4", str(videos / "audio.MP4"))
     run("-f", "lavfi", "-i", "testsrc2=size=8192x8192:rate=2:duration=1", "-c:v", "mjpeg", "-q:v", "10",
@@ -45,10 +44,8 @@ def _bad_media(videos):
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    require_ffmpeg()
-    base = tmp_path_factory.mktemp("cluster")
+    base, sample = survey_base(tmp_path_factory, "cluster")
     videos = base / "videos"
-    sample = render_survey(videos, seconds=3.0, fps=10.0)
     _bad_media(videos)
     with Services(base) as services:
         storage = services.start("storage-agent", ["--root", videos, "--node-id", "st"])

@@ -17,15 +17,15 @@ from pathlib import Path
 
 import httpx
 import pytest
+from conftest import processes_matching, require_ffmpeg, wait_until
 from PIL import Image
+from service_procs import AUTH, Services, agent_job
+from tcp_proxy import TcpProxy
 
-from conftest import TOKEN, processes_matching, require_ffmpeg, wait_until
-from service_procs import AUTH, Service, Services, agent_job
 from services.demo.synth import render_survey
 from shared.cameras import read_cameras
 from shared.jobs import ExtractParams, JobSpec, VideoSource
 from shared.plyio import read_ply
-from tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.slow
 
@@ -179,7 +179,7 @@ def _alive(pid: int) -> bool:
 def tmpfs(path: Path, size: str):
     path.mkdir(parents=True, exist_ok=True)
     mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                             capture_output=True, text=True)
+                             capture_output=True, text=True, check=False)
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here (needs root or CAP_SYS_ADMIN): {mounted.stderr.strip()}")
     try:

@@ -12,20 +12,20 @@ import time
 
 import httpx
 import pytest
-
-from conftest import TOKEN, make_test_video, require_ffmpeg
-from service_procs import AUTH, Services
-from services.demo.synth import render_survey
+from conftest import TOKEN, make_test_video
+from service_procs import AUTH, Services, survey_base
 
 pytestmark = pytest.mark.slow
 
 
+#: A route of each service that takes a body (the storage agent has none: one it ignores).
+ONE_ROUTE_EACH = [("core", "POST", "/api/v1/jobs"), ("gpu", "PUT", "/jobs/7"), ("storage", "GET", "/videos")]
+
+
 @pytest.fixture(scope="module")
 def services(tmp_path_factory):
-    require_ffmpeg()
-    base = tmp_path_factory.mktemp("hostile")
+    base, sample = survey_base(tmp_path_factory, "hostile")
     videos = base / "videos"
-    sample = render_survey(videos, seconds=3.0, fps=10.0)
     with Services(base) as running:
         storage = running.start("storage-agent", ["--root", videos, "--node-id", "st"])
         gpu = running.start("gpu-agent", ["--workdir", base / "frames", "--node-id", "g1", "--disk-reserve-mib", "0"])
@@ -99,11 +99,7 @@ def test_a_client_that_stops_reading_is_dropped_and_its_extraction_slot_freed(tm
         assert "the client took nothing for 3 s" in storage.log()
 
 
-@pytest.mark.parametrize("service,method,path", [
-    ("core", "POST", "/api/v1/jobs"),
-    ("gpu", "PUT", "/jobs/7"),
-    ("storage", "GET", "/videos"),
-])
+@pytest.mark.parametrize("service,method,path", ONE_ROUTE_EACH)
 def test_request_bodies_sent_byte_by_byte_do_not_stop_the_service(services, service, method, path):
     url = services[service].url
     slow = []
@@ -155,11 +151,7 @@ def test_huge_and_deeply_nested_json_bodies_get_a_4xx_not_a_crash(services, serv
     all_healthy(services)
 
 
-@pytest.mark.parametrize("service,method,path", [
-    ("core", "POST", "/api/v1/jobs"),
-    ("gpu", "PUT", "/jobs/7"),
-    ("storage", "GET", "/videos"),
-])
+@pytest.mark.parametrize("service,method,path", ONE_ROUTE_EACH)
 def test_a_body_too_large_is_refused_with_413_before_it_is_read_even_without_a_token(services, service, method, path):
     """FastAPI parses a JSON body before the token is checked: without a size limit anyone
     could make a service parse gigabytes (a 200 MB body took a core to 2.3 GB, then 401)."""

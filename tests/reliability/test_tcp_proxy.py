@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from fastapi import FastAPI
-
 from conftest import serve_app
+from fastapi import FastAPI
 from tcp_proxy import TcpProxy
 
 

@@ -15,7 +15,6 @@ import pytest
 from conftest import TOKEN, make_test_video
 from service_procs import AUTH, Services, survey_base
 
-pytestmark = pytest.mark.slow
 
 
 #: A route of each service that takes a body (the storage agent has none: one it ignores).

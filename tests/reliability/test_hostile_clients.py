@@ -15,8 +15,6 @@ import pytest
 from conftest import TOKEN, make_test_video
 from service_procs import AUTH, Services, survey_base
 
-
-
 #: A route of each service that takes a body (the storage agent has none: one it ignores).
 ONE_ROUTE_EACH = [("core", "POST", "/api/v1/jobs"), ("gpu", "PUT", "/jobs/7"), ("storage", "GET", "/videos")]
 

@@ -96,8 +96,10 @@ class ExtractionPlan:
         seek = ["-ss", f"{self.start_s:.6f}"] if self.start_s > 0 else []
         limit = ["-t", f"{self.limit_s:.6f}"] if self.limit_s is not None else []
         if segment is not None and segment.seek_us is not None:
-            # Same timestamps as the single pass (-itsoffset), from the seam's key frame on (trim).
+            # Same timestamps as the single pass (-itsoffset), from the seam's key frame on (trim),
+            # to the single pass's end (-t would count from this segment's first frame).
             seek = ["-ss", seconds_text(segment.seek_us), "-itsoffset", seconds_text(segment.offset_us)]
+            limit = []
         if self.keyframes:
             # Keep a key frame only if it is at least 1/rate after the last one kept: the fps
             # filter would instead repeat frames to fill the gaps between key frames.
@@ -107,7 +109,8 @@ class ExtractionPlan:
         else:
             filters = [f"fps=fps={self.rate.numerator}/{self.rate.denominator}"]
         if segment is not None and segment.start_pts is not None:
-            filters.insert(0, f"trim=start_pts={segment.start_pts}")
+            end = f":end_pts={segment.end_pts}" if segment.end_pts is not None else ""
+            filters.insert(0, f"trim=start_pts={segment.start_pts}{end}")
         if self.width is not None:
             filters.append(f"scale={self.width}:-2")  # -2: even height, as encoders need
         frames = self.max_frames
@@ -359,7 +362,7 @@ class Extractor:
 
     async def _split(self, video: ResolvedVideo, plan: ExtractionPlan, parallel: int) -> list[Segment]:
         """Time segments worth decoding in parallel, or [] for a single pass (see ``segments``)."""
-        if parallel < 2 or plan.keyframes or plan.limit_s is not None or not plan.window_s:
+        if parallel < 2 or plan.keyframes or not plan.window_s:
             return []
         # More segments than processes, so that tokens come back often (a waiting request gets
         # the next one) and segments ahead stay short; each seam costs an ffmpeg start and a seek.
@@ -371,7 +374,7 @@ class Extractor:
         if seams is None:
             log.info("%s: its key frames could not be read for segments; decoding it in one pass", video.path)
             return []
-        return split_window(plan.start_s, plan.rate, plan.max_frames, seams)
+        return split_window(plan.start_s, plan.rate, plan.max_frames, seams, plan.limit_s)
 
     async def _acquire(self, video: ResolvedVideo, plan: ExtractionPlan) -> None:
         full = self._slots.locked() or self.processes.in_use >= self.processes.limit

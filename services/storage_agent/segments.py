@@ -14,14 +14,17 @@ Why this is exact. The ``fps`` filter turns each source frame's time into an out
   the same frame as in the single pass (every frame from ``K`` on is there and decodable).
 
 ``slot(K)`` is computed here from ffprobe's packet timestamps (``-read_intervals``: one seek
-per seam, no decoding) with the same integer rounding as ffmpeg. The last segment runs to
-the end of the file like the single pass does, so its end (the ``fps`` filter's end-of-file
-rounding) is the same too.
+per seam, no decoding) with the same integer rounding as ffmpeg. The last segment ends where
+the single pass does: at the end of the file, or for a window ending before it where the
+single pass's ``-t`` stops (its trim counts from the first frame that pass decodes, so the
+segment gets ``trim=end_pts`` at that frame's timestamp plus the duration instead); the
+``fps`` filter's end-of-file rounding is then the same too.
 
 Not split: keyframes mode (a key frame is kept if it is far enough from the previous one
 *kept*, so each seam would depend on the segment before it; it is 10-20x realtime anyway),
-windows ending before the end of the file (``-t`` counts from the first frame decoded, which
-differs per segment), unknown durations, and windows shorter than two ``min_segment_s``.
+unknown durations, windows shorter than two ``min_segment_s``, a window whose first frame is
+half a slot or more after its start (ffmpeg pads the output there), key frames ffprobe
+cannot seek to.
 
 Processes: an extraction always runs one ffmpeg (the slot it was admitted with); it starts
 further segments only while the node-wide count of decode processes is under
@@ -117,6 +120,9 @@ class Segment:
     """``-itsoffset`` making the input's timestamp offset the single pass's."""
     start_pts: int | None = None
     """``trim=start_pts``: the seam's key frame, in the stream's ticks after that offset."""
+    end_pts: int | None = None
+    """``trim=end_pts`` of the last segment of a window ending before the file does: where the
+    single pass's ``-t`` stops (it counts from the first frame that single pass decodes)."""
 
 
 def input_offset_ticks(start_s: float, container_start_us: int, time_base: Fraction) -> int:
@@ -125,7 +131,8 @@ def input_offset_ticks(start_s: float, container_start_us: int, time_base: Fract
     return near_inf(Fraction(-(microseconds(f"{start_s:.6f}") + container_start_us), _US) / time_base)
 
 
-def split_window(start_s: float, rate: Fraction, max_frames: int | None, seams: Seams) -> list[Segment]:
+def split_window(start_s: float, rate: Fraction, max_frames: int | None, seams: Seams,
+                 limit_s: float | None = None) -> list[Segment]:
     """Segments whose frames, one after the other, are exactly those of the single pass."""
     start_us = microseconds(f"{start_s:.6f}")  # what the single pass's -ss means to ffmpeg
     tb = seams.time_base
@@ -146,9 +153,13 @@ def split_window(start_s: float, rate: Fraction, max_frames: int | None, seams: 
         seek_us = math.ceil(key * tb * _US) - seams.start_us  # at or just past K: ffmpeg lands on K
         segments.append(Segment(index=len(segments), first=first, frames=None, seek_us=seek_us,
                                 offset_us=seek_us - start_us, start_pts=key + offset_ticks))
+    end_pts = None
+    if limit_s is not None:  # -t's trim: frames less than its duration after the first one decoded
+        end_pts = seams.first_pts + offset_ticks + near_inf(Fraction(microseconds(f"{limit_s:.6f}"), _US) / tb)
     return [
         Segment(index=s.index, first=s.first, frames=(nxt.first - s.first) if nxt else None,
-                seek_us=s.seek_us, offset_us=s.offset_us, start_pts=s.start_pts)
+                seek_us=s.seek_us, offset_us=s.offset_us, start_pts=s.start_pts,
+                end_pts=end_pts if nxt is None and s.index > 0 else None)
         for s, nxt in zip(segments, [*segments[1:], None])
     ]
 

@@ -113,6 +113,10 @@ def test_seams_skip_key_frames_before_the_window_beyond_max_frames_or_without_a_
     assert [s.first for s in split_window(0.0, Fraction(2), 12, _seams(3.0, 6.0, 9.0))] == [0, 6]
     assert split_window(0.0, Fraction(2), 12, _seams(3.0, 6.0, 9.0))[-1].frames is None  # the cap applies
     assert [s.first for s in split_window(0.0, Fraction(1, 10), None, _seams(3.0, 6.0, 9.0))] == [0, 1]
+    # A window ending before the file: the last segment stops where -t does, counted from the
+    # single pass's first frame (here 0.5 s), not from its own.
+    segments = split_window(0.5, Fraction(2), None, _seams(6.0, first_pts=int(0.5 / TB)), limit_s=10.0)
+    assert [s.end_pts for s in segments] == [None, int(10.0 / TB)]
     # The single pass's first frame half a slot late: its numbering is not the slot's; one pass.
     assert split_window(0.0, Fraction(30), None, _seams(3.0, first_pts=int(0.02 / TB))) == []
 
@@ -126,6 +130,12 @@ def test_a_segment_command_seeks_shifts_trims_and_stops_after_its_frames():
     assert argv.index("-ss") < i and argv.index("-threads") < i and argv[argv.index("-threads") + 1] == "1"
     assert argv[argv.index("-vf") + 1] == f"trim=start_pts={int(4.5 / TB)},fps=fps=2/1,scale=160:-2"
     assert argv[argv.index("-frames:v") + 1] == "9" and argv[argv.index("-fps_mode") + 1] == "passthrough"
+    windowed = plan_extraction(FrameParams(fps=2, end_s=12), VideoFacts(SECONDS, 30.0, 320, 180, "h264"))
+    last = split_window(0.0, windowed.rate, None, _seams(4.5, 9.0), limit_s=windowed.limit_s)[-1]
+    argv = windowed.argv(Path("/r/a.mp4"), segment=last)
+    assert "-t" not in argv and argv[argv.index("-vf") + 1] == (
+        f"trim=start_pts={int(9 / TB)}:end_pts={int(12 / TB)},fps=fps=2/1")
+    assert "-frames:v" not in argv and "-threads" not in argv
 
 
 # Real streams.
@@ -135,6 +145,7 @@ def test_a_segment_command_seeks_shifts_trims_and_stops_after_its_frames():
     ("h264", {"fps": 30, "width": 160}, {"min_segment_s": 3}),  # 6, seams at 3.3, 6.7 s...: between them
     ("h264", {"fps": 7.3, "start_s": 2.37}, {"min_segment_s": 2}),  # a rate off the source's, a late start
     ("h264", {"fps": 10, "max_frames": 77}, {"min_segment_s": 2}),  # spread over the video, capped
+    ("h264", {"fps": 29.97, "start_s": 0.5, "end_s": 12.345}, {"min_segment_s": 2}),  # a window inside
     ("hevc", {"fps": 3, "width": 160}, {"min_segment_s": 3}),
 ])
 def test_segmented_streams_hold_exactly_the_single_pass_frames(root, codec, params, settings):

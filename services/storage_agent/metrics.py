@@ -3,6 +3,8 @@
 - ``cosma_storage_disk_free_bytes{root}``, ``cosma_storage_disk_total_bytes{root}`` — per root
   (absent for a root whose disk cannot be read).
 - ``cosma_storage_extractions_running``, ``cosma_storage_extractions_max`` — ffmpeg slots.
+- ``cosma_storage_decode_processes``, ``cosma_storage_decode_processes_max`` — ffmpeg decode
+  process tokens in use (one per extraction, more for segments decoded in parallel) and the limit.
 - ``cosma_storage_frames_extracted_total``, ``cosma_storage_bytes_streamed_total`` — frames and
   tar bytes of frames sent since the agent started (running extractions included).
 """
@@ -40,6 +42,10 @@ def collect_storage_metrics(agent: StorageAgent) -> Iterable[Metric]:
                             value=len(running))
     yield GaugeMetricFamily("cosma_storage_extractions_max", "ffmpeg frame extractions allowed at once",
                             value=extractor.max_concurrent)
+    yield GaugeMetricFamily("cosma_storage_decode_processes", "ffmpeg decode processes held (segments included)",
+                            value=extractor.processes.in_use)
+    yield GaugeMetricFamily("cosma_storage_decode_processes_max", "ffmpeg decode processes allowed at once",
+                            value=extractor.processes.limit)
     frames, sent_bytes = extractor.totals()
     yield CounterMetricFamily("cosma_storage_frames_extracted", "Frames extracted and sent", value=frames)
     yield CounterMetricFamily("cosma_storage_bytes_streamed", "Tar bytes of frames sent", value=sent_bytes)

@@ -213,7 +213,7 @@ def test_a_client_going_away_stops_every_segment_process(root):
 
 def test_processes_of_all_extractions_stay_within_decode_processes(root):
     settings = {"decode_processes": 3, "max_concurrent_extractions": 2, "min_segment_s": 4,
-                "segment_buffer_mib": 1}
+                "segment_buffer_mib": 1, "extraction_wait_s": 300}  # the second request must outwait the first
     with agent(root, **settings) as (url, extractor), httpx.Client(base_url=url, headers=AUTH, timeout=60) as client:
         opened, release = threading.Event(), threading.Event()
         first = threading.Thread(target=_hold_stream, args=(client, "h264.mp4", {**HEAVY, "segments": 3}, opened,
@@ -225,17 +225,21 @@ def test_processes_of_all_extractions_stay_within_decode_processes(root):
             # A second extraction is admitted to a slot but waits for a process token.
             second: dict = {}
             waiter = threading.Thread(target=lambda: second.update(
-                result=_stream(httpx.Client(base_url=url, headers=AUTH, timeout=60), "hevc.mp4" if (
+                result=_stream(httpx.Client(base_url=url, headers=AUTH, timeout=300), "hevc.mp4" if (
                     root / "hevc.mp4").exists() else "h264.mp4", fps=2, segments=3)))
             waiter.start()
-            wait_until(lambda: client.get("/status").json()["extractions_queued"] == 1, timeout_s=10,
+            wait_until(lambda: client.get("/status").json()["extractions_queued"] == 1, timeout_s=60,
                        what="the second request to wait")
             counts = [len(ffmpeg_pids(str(root))) for _ in range(5)]
             assert max(counts) == 3 and extractor.processes.in_use == 3
+            metrics = httpx.get(f"{url}/metrics", timeout=30).text
+            assert "cosma_storage_decode_processes 3.0" in metrics
+            assert "cosma_storage_decode_processes_max 3.0" in metrics
         finally:
             release.set()
             first.join(30)
-        waiter.join(60)
+        waiter.join(120)
+        assert "result" in second, "the second request did not finish"
         frames, end = second["result"]
         assert end.ok and len(frames) == 2 * SECONDS
         assert extractor.processes.peak == 3 and extractor.segmented_total == 2

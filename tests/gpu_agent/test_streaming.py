@@ -379,3 +379,18 @@ def test_cancel_mid_stream_stops_the_backend_and_the_ingest(streaming_long_job):
     assert final["state"] == "cancelled" and final["runner_pid"] is None, final
     assert processes_matching(str(job_dir)) == []
     assert len(list(job_dir.glob("frame_*.jpg"))) < 1200
+
+
+def test_a_job_finding_the_reconstruction_slot_taken_pulls_its_frames_meanwhile(streaming_long_job, storage_url):
+    """One CPU slot, held by the streaming job: the next job does not wait for it before pulling
+    (it would hold an ingest slot idle); it pulls every frame, then waits, as a batch."""
+    url, _, _ = streaming_long_job
+    spec = JobSpec(job_id=8, videos=[VideoSource(storage_url=storage_url, path="GX010001.MP4")],
+                   extract=ExtractParams(fps=10, width=160))  # fmt: skip
+    assert httpx.put(f"{url}/jobs/8", json=spec.model_dump(mode="json"), headers=AUTH).status_code == 201
+    job = wait_until(lambda: "waiting for a free CPU slot" in (j := httpx.get(f"{url}/jobs/8", headers=AUTH).json())[
+        "message"] and j, timeout_s=60, what="the second job to wait for the CPU slot")  # fmt: skip
+    assert not job["streaming"] and job["frames"] == 16 and job["videos_done"] == 1 and job["runner_pid"] is None
+    first = httpx.get(f"{url}/jobs/6", headers=AUTH).json()
+    assert first["streaming"] and first["state"] == "extracting" and first["runner_pid"]  # still holds the slot
+    assert httpx.delete(f"{url}/jobs/8", headers=AUTH).status_code == 200

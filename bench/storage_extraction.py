@@ -25,7 +25,8 @@ speed-up is wall(1) / wall(N), CPU seconds beside it, and every N must give the 
         [--segment-seconds 180] [--media /tmp/cosma-bench-media] [--quick] [--write]
 
 ``--quick`` (a suite's few minutes): one run, 20 s videos (cut from longer ones when the
-media folder has them), fps and keyframes, segments of 5 s with 1 and all cores. ``--write`` replaces the "Storage extraction" section
+media folder has them), fps and keyframes, segments of 10 s with 1 and all cores (a smoke run: one run of
+short segments is noise on a loaded machine; the full run gives the figures). ``--write`` replaces the "Storage extraction" section
 of ``bench/RESULTS.md`` with what ran. Generated videos are kept in ``--media`` and reused
 (HEVC needs libx265 in ffmpeg).
 
@@ -271,7 +272,7 @@ class Report:
     """The "Storage extraction" section of bench/RESULTS.md (Markdown, with the command run)."""
 
 
-QUICK = dict(runs=1, seconds=20, modes=("fps", "keyframes"), segment_seconds=20, min_segment_s=5.0)
+QUICK = dict(runs=1, seconds=20, modes=("fps", "keyframes"), segment_seconds=20, min_segment_s=10.0)
 
 
 def bench(*, runs: int = 3, seconds: int = 60, codecs=("h264", "hevc"), modes=tuple(MODES),

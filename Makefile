@@ -10,6 +10,6 @@ demo: setup
 test: setup
 	.venv/bin/python -m pytest $(ARGS)
 
-# The benchmark suite (bench/suite.py): about 15 minutes on 2 cores, ARGS=--quick for a few.
+# The benchmark suite (bench/suite.py): ~8 CPU-minutes (10-20 min on 2 cores), ARGS=--quick for a few.
 bench: setup
 	.venv/bin/cosma-qc bench $(ARGS)

@@ -15,7 +15,8 @@ block of ``bench/RESULTS.md`` (between ``<!-- bench-suite:begin -->`` and
 4. ``memory``: peak RSS of each service and of the backend runner for a 10-minute video
    against a 1-minute one (``bench/memory.py``).
 
-The full suite takes about 10-15 minutes on 2 cores; ``--quick`` about 3 minutes. Only the
+The full suite costs about 8 CPU-minutes: 20 minutes of wall time on the 2-core development
+machine under a load average of 11, an estimated 10 when it is quiet; ``--quick`` about a third. Only the
 standard library is imported at the top: the CLI loads nothing else to start it.
 """
 

@@ -24,6 +24,7 @@ class GlbGpuAgent(FakeGpuAgent):
     def __init__(self, name: str):
         super().__init__(name)
         self.glb_requests: list[dict] = []
+        self.viewers: dict[int, dict] = {}
 
     def build_app(self) -> FastAPI:
         app = super().build_app()
@@ -41,7 +42,15 @@ class GlbGpuAgent(FakeGpuAgent):
         def start_viewer(job_id: int) -> JSONResponse:
             info = {"job_id": job_id, "port": 8100 + job_id + 7, "pid": 4242, "idle_timeout_s": 600.0,
                     "started_at": datetime.now(timezone.utc).isoformat()}
+            self.viewers[job_id] = info
             return JSONResponse(info, status_code=201)
+
+        @app.delete("/jobs/{job_id}/viewer")
+        def stop_viewer(job_id: int) -> JSONResponse:
+            if job_id not in self.viewers:
+                return JSONResponse({"error": {"code": "not_found", "message": f"no viewer of job {job_id} runs"}},
+                                    status_code=404)
+            return JSONResponse(self.viewers.pop(job_id))
 
         return app
 
@@ -72,6 +81,11 @@ async def test_the_glb_and_the_viewer_come_through_the_core(tmp_path):
             viewer = await client.post("/api/v1/jobs/1/viewer", headers=AUTH)
             assert viewer.status_code == 200
             assert viewer.json() == {"job_id": 1, "port": 8108, "url": "http://127.0.0.1:8108/"}
+            assert (await client.delete("/api/v1/jobs/1/viewer")).status_code == 401
+            stopped = await client.delete("/api/v1/jobs/1/viewer", headers=AUTH)
+            assert stopped.status_code == 200 and stopped.json()["port"] == 8108 and gpu.viewers == {}
+            again = await client.delete("/api/v1/jobs/1/viewer", headers=AUTH)
+            assert again.status_code == 404 and "no viewer of job 1 runs" in again.json()["error"]["message"]
 
             gpu.stop()
             down = await client.get("/api/v1/jobs/1/reconstruction.glb")

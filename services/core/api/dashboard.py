@@ -143,6 +143,15 @@ async def start_job_viewer(job_id: JobId, store: StoreDep, agents: AgentsDep) ->
     return ViewerLink(job_id=job_id, port=info.port, url=url_on_node(node_url, info.port))
 
 
+@router.delete("/{job_id}/viewer", dependencies=[TokenRequired])
+async def stop_job_viewer(job_id: JobId, store: StoreDep, agents: AgentsDep) -> ViewerLink:
+    """Stop the job's 3D viewer on its gpu node (404 when none runs; it also stops by itself when idle)."""
+    node_url = await _node_url(store, job_id)
+    request = agents.client.build_request("DELETE", f"{node_url}/jobs/{job_id}/viewer")
+    info = await read_viewer(await _send(agents, request))
+    return ViewerLink(job_id=job_id, port=info.port, url=url_on_node(node_url, info.port))
+
+
 async def read_viewer(response: httpx.Response) -> ViewerInfo:
     """The viewer a gpu node answered (a streamed response, closed here)."""
     try:

@@ -369,6 +369,10 @@
         if (link) { link.href = info.url; link.textContent = info.url; }
         window.open(info.url, "_blank", "noopener");
       });
+    } else if (action === "viewer-stop") {
+      done = write("DELETE", "/api/v1/jobs/" + id + "/viewer").then(function () {
+        notice("Job " + id + ": viewer stopped.", false);
+      });
     } else {
       done = write("POST", "/api/v1/jobs/" + id + "/" + action).then(function (job) {
         notice("Job " + id + ": " + job.state + ".", false);

@@ -117,10 +117,11 @@ class AgentClient:
             raise
         return True
 
-    async def open_file(self, base_url: str, job_id: int, name: str) -> httpx.Response:
-        """A streaming response for an artifact; the caller must ``aclose()`` it."""
+    async def open_file(self, base_url: str, job_id: int, name: str, *, byte_range: str | None = None) -> httpx.Response:
+        """A streaming response for an artifact (a part of it with ``byte_range``); the caller must ``aclose()`` it."""
         url = f"{base_url}/jobs/{job_id}/files/{quote(name, safe='')}"
-        request = self.client.build_request("GET", url, timeout=self.request_timeout_s)
+        request = self.client.build_request("GET", url, timeout=self.request_timeout_s,
+                                            headers={"Range": byte_range} if byte_range else None)
         try:
             response = await self.client.send(request, stream=True)
         except httpx.TimeoutException:

@@ -9,13 +9,17 @@ decisions are under test, on real uvicorn servers over loopback.
 from __future__ import annotations
 
 import contextlib
+import shutil
+import tempfile
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import AsyncIterator
 
 import httpx
 import pytest
 from fastapi import Depends, FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
+from starlette.background import BackgroundTask
 
 from conftest import TOKEN, serve_app
 from shared.auth import BearerAuth
@@ -148,7 +152,11 @@ class FakeGpuAgent(_Served):
         def get_file(job_id: int, name: str) -> Response:
             if job_id not in self.jobs or name not in self.files:
                 raise NotFound(f"no file {name}")
-            return Response(self.files[name], media_type="application/octet-stream")
+            # Served from disk by Starlette's FileResponse, as the real agent does (Range included).
+            folder = Path(tempfile.mkdtemp(prefix="fake-gpu-file-"))
+            (folder / name).write_bytes(self.files[name])
+            return FileResponse(folder / name, media_type="application/octet-stream",
+                                background=BackgroundTask(shutil.rmtree, folder, ignore_errors=True))
 
         return app
 

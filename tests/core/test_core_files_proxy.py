@@ -30,6 +30,10 @@ async def test_agent_files_are_served_sandboxed(tmp_path):
             assert resp.status_code == 200 and resp.content == hostile
             assert resp.headers["content-security-policy"] == "sandbox"
             assert resp.headers["x-content-type-options"] == "nosniff"
+            part = await client.get(f"/api/v1/jobs/{job_id}/files/report.html", headers={"Range": "bytes=6-13"})
+            assert part.status_code == 206 and part.content == hostile[6:14]  # a download resumes
+            assert part.headers["content-range"] == f"bytes 6-13/{len(hostile)}"
+            assert part.headers["content-security-policy"] == "sandbox"
     finally:
         gpu.stop()
         storage.stop()

@@ -6,7 +6,7 @@ import asyncio
 import logging
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Header, Query, Response
 from fastapi.responses import StreamingResponse
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
@@ -29,7 +29,8 @@ router = APIRouter(prefix="/jobs", tags=["jobs"], responses=ERROR_RESPONSES)
 
 
 #: Headers of an artifact passed from the agent to the client.
-_FILE_HEADERS = ("content-type", "content-length", "content-encoding", "content-disposition", "etag", "last-modified")
+_FILE_HEADERS = ("content-type", "content-length", "content-encoding", "content-disposition", "etag", "last-modified",
+                 "content-range", "accept-ranges")
 
 
 @router.post("", status_code=201, dependencies=[TokenRequired])
@@ -131,14 +132,18 @@ def list_job_events(job_id: JobId, store: StoreDep) -> EventsPublic:
 @router.get("/{job_id}/files/{name}", response_class=StreamingResponse, responses={200: {
     "description": "the file as the gpu node serves it",
     "content": {"application/octet-stream": {"example": "ply\nformat binary_little_endian 1.0\n…"}}}})
-async def get_job_file(job_id: JobId, name: str, store: StoreDep, agents: AgentsDep) -> StreamingResponse:
-    """Stream an artifact (reconstruction.ply, cameras.json, …) from the job's gpu node."""
+async def get_job_file(
+    job_id: JobId, name: str, store: StoreDep, agents: AgentsDep,
+    byte_range: Annotated[str | None, Header(alias="Range", max_length=200,
+                                             description="bytes=… to resume a download")] = None,
+) -> StreamingResponse:
+    """Stream an artifact (reconstruction.ply, cameras.json, …) from the job's gpu node (``Range`` passed on)."""
     job = await run_in_threadpool(store.get_job, job_id)
     if name not in job.files or job.node is None:
         raise NotFound(f"job {job_id} has no file {name!r}")
     node = await run_in_threadpool(store.get_node, job.node)
     try:
-        upstream = await agents.open_file(node.url, job_id, name)
+        upstream = await agents.open_file(node.url, job_id, name, byte_range=byte_range)
     except AgentError as exc:
         raise _as_api_error(exc, f"gpu node {node.name}") from None
     headers = {k: v for k, v in upstream.headers.items() if k.lower() in _FILE_HEADERS}
@@ -146,7 +151,8 @@ async def get_job_file(job_id: JobId, name: str, store: StoreDep, agents: Agents
     # directly must not run scripts there (they would carry the dashboard's token cookie).
     headers["Content-Security-Policy"] = "sandbox"
     headers["X-Content-Type-Options"] = "nosniff"
-    return StreamingResponse(upstream.aiter_raw(), headers=headers, background=BackgroundTask(upstream.aclose))
+    return StreamingResponse(upstream.aiter_raw(), status_code=upstream.status_code, headers=headers,
+                             background=BackgroundTask(upstream.aclose))
 
 
 async def _stop_on_node(store: Store, agents: AgentClient, node_name: str, job_id: int) -> None:

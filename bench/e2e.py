@@ -104,6 +104,24 @@ def reset_peak(pid: int) -> None:
         Path(f"/proc/{pid}/clear_refs").write_text("5")
 
 
+def pin(pid: int, cpus: set[int] | None) -> None:
+    """Every thread of ``pid`` (and so what it starts later) on ``cpus``; None leaves it as is.
+
+    ``--pin`` puts the storage agent (with its ffmpeg) and the core on CPU 0 and the gpu agent
+    (with its backend) on CPU 1: two nodes of the field, each with its own CPU, on one host.
+    """
+    if cpus is None:
+        return
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError, ValueError):
+                os.sched_setaffinity(int(task.name), cpus)
+
+
+#: CPUs of each service with ``--pin``; None: not pinned.
+PINNED = {"storage-agent": {0}, "core": {0}, "gpu-agent": {1}}
+
+
 # -- videos -------------------------------------------------------------------------------
 
 def survey_video(out_dir: Path, *, seconds: float, fps: float, name: str = "GX010001.MP4",
@@ -173,7 +191,8 @@ class JobRun:
 class ServiceCluster:
     """Core + storage agent + gpu agent on loopback, nodes registered; stopped on exit."""
 
-    def __init__(self, base: Path, videos: Path, *, gpu_args: list[str] = ()):
+    def __init__(self, base: Path, videos: Path, *, gpu_args: list[str] = (), pinned: bool = False):
+        self.pinned = pinned
         self.base = base
         self.videos = videos
         self.gpu_args = list(gpu_args)
@@ -194,6 +213,8 @@ class ServiceCluster:
                 "core", ["--data-dir", str(self.base / "core"), "--node-id", "core", "--log-level", "warning",
                          "--tick-interval-s", str(SCHEDULER_TICK_S)], free_port())
             self.pids = {name: proc.pid for name, proc in self.cluster.procs}
+            for name, pid in self.pids.items():
+                pin(pid, PINNED.get(name) if self.pinned else None)
             for name, role, url in (("storage-1", "storage", self.urls["storage-agent"]),
                                     ("gpu-1", "gpu", self.urls["gpu-agent"])):
                 self.post("/api/v1/nodes", {"name": name, "role": role, "url": url})
@@ -262,12 +283,13 @@ class ServiceCluster:
 # -- the stages alone ---------------------------------------------------------------------
 
 @contextlib.contextmanager
-def storage_agent(videos: Path, token: str, base: Path, args: list[str] = ()):
-    """A ``cosma-qc storage-agent`` process serving ``videos``; yields (URL, pid)."""
+def storage_agent(videos: Path, token: str, base: Path, args: list[str] = (), cpus: set[int] | None = None):
+    """A ``cosma-qc storage-agent`` process serving ``videos`` (on ``cpus``); yields (URL, pid)."""
     cluster = Cluster(base, "127.0.0.1", token)
     try:
         url = cluster.start("storage-agent", ["--roots", str(videos), "--node-id", "storage-1",
                                               "--log-level", "warning", *args], free_port())
+        pin(cluster.procs[0][1].pid, cpus)
         yield url, cluster.procs[0][1].pid
     finally:
         cluster.stop()
@@ -294,8 +316,8 @@ def extract_alone(url: str, pid: int, token: str, path: str, extract: dict, job_
     return wall_s, proc_cpu_s(pid) - cpu0 + self_cpu_s() - self0, len(frames)
 
 
-def reconstruct_alone(frames_dir: Path, out_dir: Path) -> tuple[float, float, int, list[str]]:
-    """The colmap runner as the gpu agent starts it; (wall s, CPU s, peak RSS KiB, argv)."""
+def reconstruct_alone(frames_dir: Path, out_dir: Path, cpus: set[int] | None = None) -> tuple[float, float, int, list[str]]:
+    """The colmap runner as the gpu agent starts it (on ``cpus``); (wall s, CPU s, peak RSS KiB, argv)."""
     from services.gpu_agent.backends import runner_argv
     from services.gpu_agent.config import GpuAgentSettings
 
@@ -307,7 +329,8 @@ def reconstruct_alone(frames_dir: Path, out_dir: Path) -> tuple[float, float, in
     started = time.perf_counter()
     log = open(out_dir / "runner.log", "wb")
     with log:
-        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=log, cwd=ROOT)
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=log, cwd=ROOT,
+                                preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
         _, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)
     wall_s = time.perf_counter() - started
@@ -340,7 +363,7 @@ def median(values):
 
 
 def run_e2e(media: Path, *, seconds: float, fps: float, rounds: int = 1, width: int = 640,
-            log=print) -> E2eResult:
+            log=print, pinned: bool = False) -> E2eResult:
     videos = media / "e2e-videos"
     video = survey_video(videos, seconds=seconds, fps=fps, name=f"GX01{int(seconds):04d}.MP4")
     name = video.name
@@ -363,11 +386,13 @@ def run_e2e(media: Path, *, seconds: float, fps: float, rounds: int = 1, width: 
                 base = Path(tmp)
                 if label == "alone":
                     token = secrets.token_hex(16)
-                    with storage_agent(videos, token, base) as (url, pid):
+                    with storage_agent(videos, token, base,
+                                       cpus=PINNED["storage-agent"] if pinned else None) as (url, pid):
                         wall, cpu, frames = extract_alone(url, pid, token, name, extract, base / "job")
                     result.extract.append((wall, cpu))
                     log(f"e2e: extraction alone {wall:.1f} s ({cpu:.1f} s CPU, {frames} frames)")
-                    wall, cpu, _, argv = reconstruct_alone(base / "job", base / "job")
+                    wall, cpu, _, argv = reconstruct_alone(base / "job", base / "job",
+                                                           cpus=PINNED["gpu-agent"] if pinned else None)
                     result.reconstruct.append((wall, cpu))
                     result.frames = frames
                     log(f"e2e: reconstruction alone {wall:.1f} s ({cpu:.1f} s CPU)")
@@ -375,7 +400,7 @@ def run_e2e(media: Path, *, seconds: float, fps: float, rounds: int = 1, width: 
                     if command not in result.commands:
                         result.commands.append(command)
                 else:
-                    with ServiceCluster(base, videos, gpu_args=args) as cluster:
+                    with ServiceCluster(base, videos, gpu_args=args, pinned=pinned) as cluster:
                         run = cluster.run_job(label, body)
                     if run.state != "done":
                         raise RuntimeError(f"{label}: the job ended {run.state}: {run.error}")
@@ -416,10 +441,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=30)
     parser.add_argument("--fps", type=float, default=2)
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--pin", action="store_true",
+                        help="storage agent and core on CPU 0, gpu agent and its backend on CPU 1 (two nodes on one host)")
     args = parser.parse_args(argv)
+    if args.pin and len(os.sched_getaffinity(0)) < 2:
+        parser.error("--pin needs two CPUs")
     with tempfile.TemporaryDirectory(prefix="cosma-bench-e2e-") as tmp:
         result = run_e2e(Path(tmp), seconds=args.seconds, fps=args.fps, rounds=args.rounds,
-                         log=lambda m: print(m, file=sys.stderr, flush=True))
+                         log=lambda m: print(m, file=sys.stderr, flush=True), pinned=args.pin)
     print("\n".join(table(result)))
 
 

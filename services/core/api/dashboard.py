@@ -38,7 +38,9 @@ media_router = APIRouter(tags=["catalog"], responses=ERROR_RESPONSES)
 VIEWER_BASE_PORT = 8100
 #: qc.json larger than this is not shown (a real one is a few kB).
 QC_MAX_BYTES = 4_000_000
-_GLB_HEADERS = ("content-type", "content-length", "content-disposition", "etag", "last-modified")
+#: Headers of an agent's file (GLB, PLY, report) passed on to the client.
+_PASSED_HEADERS = ("content-type", "content-length", "content-range", "accept-ranges", "content-disposition",
+                   "etag", "last-modified")
 
 
 @dataclass
@@ -120,9 +122,7 @@ async def get_job_glb(
     url = f"{node_url}/jobs/{job_id}/reconstruction.glb"
     request = agents.client.build_request("GET", url, params={"safe": "true"} if safe else None,
                                           timeout=max(agents.request_timeout_s, 300.0))
-    upstream = await _send(agents, request)
-    headers = {k: v for k, v in upstream.headers.items() if k.lower() in _GLB_HEADERS}
-    return StreamingResponse(upstream.aiter_raw(), headers=headers, background=BackgroundTask(upstream.aclose))
+    return await stream_from(agents, request)
 
 
 class ViewerLink(WireModel):
@@ -137,19 +137,32 @@ class ViewerLink(WireModel):
 @router.post("/{job_id}/viewer", dependencies=[TokenRequired])
 async def start_job_viewer(job_id: JobId, store: StoreDep, agents: AgentsDep) -> ViewerLink:
     """Start the job's 3D viewer on its gpu node; answers its URL on the node's host."""
-    node_url = await _node_url(store, job_id)
-    request = agents.client.build_request("POST", f"{node_url}/jobs/{job_id}/viewer")
-    info = await read_viewer(await _send(agents, request))
-    return ViewerLink(job_id=job_id, port=info.port, url=url_on_node(node_url, info.port))
+    return await _job_viewer(store, agents, job_id, "POST")
 
 
 @router.delete("/{job_id}/viewer", dependencies=[TokenRequired])
 async def stop_job_viewer(job_id: JobId, store: StoreDep, agents: AgentsDep) -> ViewerLink:
     """Stop the job's 3D viewer on its gpu node (404 when none runs; it also stops by itself when idle)."""
+    return await _job_viewer(store, agents, job_id, "DELETE")
+
+
+async def _job_viewer(store: Store, agents: AgentClient, job_id: int, method: str) -> ViewerLink:
     node_url = await _node_url(store, job_id)
-    request = agents.client.build_request("DELETE", f"{node_url}/jobs/{job_id}/viewer")
+    request = agents.client.build_request(method, f"{node_url}/jobs/{job_id}/viewer")
     info = await read_viewer(await _send(agents, request))
     return ViewerLink(job_id=job_id, port=info.port, url=url_on_node(node_url, info.port))
+
+
+async def stream_from(agents: AgentClient, request: httpx.Request, who: str = "the gpu node", *,
+                      sandbox: bool = False) -> StreamingResponse:
+    """The agent's answer streamed through (status, content and download headers); ``sandbox``
+    for files opened on the dashboard's origin, where they must not run scripts (token cookie)."""
+    upstream = await _send(agents, request, who)
+    headers = {k: v for k, v in upstream.headers.items() if k.lower() in _PASSED_HEADERS}
+    if sandbox:
+        headers |= {"Content-Security-Policy": "sandbox", "X-Content-Type-Options": "nosniff"}
+    return StreamingResponse(upstream.aiter_raw(), status_code=upstream.status_code, headers=headers,
+                             background=BackgroundTask(upstream.aclose))
 
 
 async def read_viewer(response: httpx.Response) -> ViewerInfo:

@@ -7,21 +7,16 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query
 from fastapi.responses import StreamingResponse
-from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
 from services.core import stitches
-from services.core.api.dashboard import _send, read_viewer, url_on_node
+from services.core.api.dashboard import _send, read_viewer, stream_from, url_on_node
 from services.core.api.deps import AgentsDep, StitchId, StoreDep, TokenRequired
 from services.core.models import ERROR_RESPONSES
 from shared.errors import NotFound
 from shared.stitches import StitchCreate, StitchPublic, StitchViewerLink
 
 router = APIRouter(prefix="/stitches", tags=["stitches"], responses=ERROR_RESPONSES)
-
-#: Headers of a stitch file passed from the agent to the client.
-_PASSED_HEADERS = ("content-type", "content-length", "content-range", "accept-ranges", "content-disposition",
-                   "etag", "last-modified")
 
 
 @router.post("", status_code=201, dependencies=[TokenRequired])
@@ -57,7 +52,7 @@ async def get_stitch_file(
                                                                    if stitch.files else " (yet)"))
     request = agents.client.build_request("GET", f"{node.url}/stitches/{stitch_id}/files/{name}",
                                           headers={"Range": byte_range} if byte_range else None)
-    return await _stream(agents, request, f"gpu node {node.name}", sandbox=True)
+    return await stream_from(agents, request, f"gpu node {node.name}", sandbox=True)
 
 
 @router.get("/{stitch_id}/stitch.glb", response_class=StreamingResponse, responses={200: {
@@ -72,7 +67,7 @@ async def get_stitch_glb(
     request = agents.client.build_request("GET", f"{node.url}/stitches/{stitch_id}/stitch.glb",
                                           params={"safe": "true"} if safe else None,
                                           timeout=max(agents.request_timeout_s, 300.0))
-    return await _stream(agents, request, f"gpu node {node.name}")
+    return await stream_from(agents, request, f"gpu node {node.name}")
 
 
 @router.post("/{stitch_id}/viewer", dependencies=[TokenRequired])
@@ -92,12 +87,3 @@ async def _viewer(store, agents, stitch_id: int, method: str) -> StitchViewerLin
     request = agents.client.build_request(method, f"{node.url}/stitches/{stitch_id}/viewer")
     info = await read_viewer(await _send(agents, request, f"gpu node {node.name}"))
     return StitchViewerLink(stitch_id=stitch_id, port=info.port, url=url_on_node(node.url, info.port))
-
-
-async def _stream(agents, request, who: str, *, sandbox: bool = False) -> StreamingResponse:
-    upstream = await _send(agents, request, who)
-    headers = {k: v for k, v in upstream.headers.items() if k.lower() in _PASSED_HEADERS}
-    if sandbox:  # an agent's file must not run scripts on the dashboard's origin (token cookie)
-        headers |= {"Content-Security-Policy": "sandbox", "X-Content-Type-Options": "nosniff"}
-    return StreamingResponse(upstream.aiter_raw(), status_code=upstream.status_code, headers=headers,
-                             background=BackgroundTask(upstream.aclose))

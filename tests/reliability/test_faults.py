@@ -70,10 +70,12 @@ def check_outputs(job_dir: Path, frames: int) -> None:
     """The point cloud parses and the cameras describe the frames that were ingested."""
     cloud = read_ply(job_dir / "reconstruction.ply")
     assert len(cloud["x"]) > 100
-    assert 1 <= int(cloud["frame"].min()) and int(cloud["frame"].max()) <= frames
     cameras = read_cameras(job_dir / "cameras.json")
     assert [f.name for f in cameras.frames] == [f"frame_{i:06d}.jpg" for i in range(1, frames + 1)]
     assert sum(f.registered for f in cameras.frames) >= 0.8 * frames
+    registered = {f.index for f in cameras.frames if f.registered}
+    seen_from = {int(i) for i in set(cloud["frame"].tolist())}
+    assert seen_from <= registered, f"points seen from frames with no camera: {sorted(seen_from - registered)[:5]}"
 
 
 def test_storage_agent_killed_mid_stream_then_restarted_the_ingest_resumes(tmp_path, survey):

@@ -11,7 +11,7 @@ sends ``--requests`` of each kind with ``--concurrency`` clients:
 * create: ``POST /api/v1/jobs`` (one catalog lookup on the storage agent, then an insert).
 
     .venv/bin/python bench/core/bench_api.py [--db sqlite|postgresql] [--stored 10000] [--warm-up N]
-        [--kinds api|pages]
+        [--kinds api|pages] [--only KIND ...]
 
 With ``--kinds pages`` the dashboard's pages are measured instead (overview, Jobs, a search,
 a later page, one job page), with the same figures.
@@ -136,8 +136,10 @@ def main() -> None:
                         help="first send N unreported requests of each kind (a warm server)")
     parser.add_argument("--kinds", choices=["api", "pages"], default="api",
                         help="the REST API (default) or the dashboard's pages")
+    parser.add_argument("--only", choices=[*API_KINDS, *PAGES], action="append", metavar="KIND",
+                        help="measure only this kind (repeatable): " + ", ".join([*API_KINDS, *PAGES]))
     args = parser.parse_args()
-    kinds = API_KINDS if args.kinds == "api" else tuple(PAGES)
+    kinds = tuple(args.only) if args.only else API_KINDS if args.kinds == "api" else tuple(PAGES)
 
     cluster = ThrowawayPostgres(find_bindir()).start() if args.db == "postgresql" else None
     tmp = Path(tempfile.mkdtemp(prefix="cosma-bench-api-"))

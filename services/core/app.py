@@ -31,7 +31,7 @@ def create_app(settings: CoreSettings) -> FastAPI:
     either way ``app.state.scheduler.tick()`` runs one round by hand.
     """
     token = settings.resolved_token()
-    store = Store(make_engine(settings.resolved_database_url()))
+    store = Store(make_engine(settings.resolved_database_url()), read_threads=settings.read_threads)
     store.migrate()
     agents = AgentClient(token, poll_timeout_s=settings.poll_timeout_s,
                          request_timeout_s=settings.request_timeout_s)
@@ -43,6 +43,7 @@ def create_app(settings: CoreSettings) -> FastAPI:
         # and anyio's thread backend (a fresh core's first tick cost 2x a warm one: bench/RESULTS.md).
         try:
             await anyio.to_thread.run_sync(store.warm_up)
+            await store.read(store.list_job_rows, limit=1)  # the reader thread and its connection
         except Exception:  # the first tick reports a database that does not answer
             log.warning("warming up the store failed; starting anyway", exc_info=True)
         task = None
@@ -57,7 +58,7 @@ def create_app(settings: CoreSettings) -> FastAPI:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             await agents.aclose()
-            store.engine.dispose()
+            store.close()
 
     app = make_app(title="COSMA QC core", role="core", node_id=settings.node_id, lifespan=lifespan)
     app.state.settings = settings

@@ -38,6 +38,12 @@ class CoreSettings(ServiceSettings):
     max_attempts: int = Field(3, ge=1, le=100, description="placements of one job before it is failed")
     jobs_per_gpu: int = Field(1, ge=1, le=16, description="gpu jobs placed on one GPU at once")
 
+    read_threads: int | None = Field(
+        None, ge=1, le=64,
+        description="threads serving the API's database reads; none: 1 with SQLite (reads are "
+        "CPU work under Python's GIL), 4 with PostgreSQL (reads wait on the network)",
+    )
+
     def resolved_database_url(self) -> str:
         if self.database_url:
             return self.database_url

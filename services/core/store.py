@@ -14,16 +14,19 @@ SQLite ignores ``FOR UPDATE``: with SQLite run one core process.
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import functools
 import json
 import operator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, func, or_, select
@@ -101,9 +104,30 @@ def _node_event(node: Node, now: datetime, message: str = "", state: str | None 
 
 
 class Store:
-    def __init__(self, engine: Engine):
+    def __init__(self, engine: Engine, *, read_threads: int | None = None):
+        """``read_threads``: threads serving :meth:`read` (none: 1 on SQLite, 4 otherwise)."""
         self.engine = engine
         self._sqlite_search: bool | None = None  # the FTS5 table of migration 0003 exists (checked once)
+        if read_threads is None:
+            read_threads = 1 if engine.dialect.name == "sqlite" else 4
+        self._reads = ThreadPoolExecutor(max_workers=read_threads, thread_name_prefix="store-read")
+
+    async def read(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        """``fn(*args, **kwargs)`` (a read of this store: never a write) on the store's readers.
+
+        The API's reads run here rather than in the thread pool shared with writes. On SQLite
+        one thread: a read is CPU work under the GIL, and eight of them in eight pool threads
+        spent more time handing the GIL to each other than reading (the job list under 8
+        clients: 5.6 ms of CPU a request and p95 100 ms, against 2.3 ms and 32 ms on one
+        reader thread; bench/RESULTS.md, "Round 4"). A write would wait here for the
+        database's write lock and hold every read up: writes stay in the shared pool.
+        """
+        return await asyncio.get_running_loop().run_in_executor(self._reads, functools.partial(fn, *args, **kwargs))
+
+    def close(self) -> None:
+        """Stop the readers and close the engine's connections."""
+        self._reads.shutdown(wait=False, cancel_futures=True)
+        self.engine.dispose()
 
     def migrate(self) -> tuple[str | None, str]:
         """Bring the schema to the newest revision (see :mod:`services.core.migrate`)."""
@@ -340,17 +364,24 @@ class Store:
         self, *, states: Iterable[JobState] | None = None, node: str | None = None, text: str | None = None,
         before_id: int | None = None, limit: int = 100, offset: int = 0,
     ) -> tuple[list[dict[str, Any]], int]:
-        """:meth:`list_jobs` as plain dicts, read in one transaction without ORM objects: what
-        the API lists. Keys are :data:`JOB_LIST_FIELDS`, in that order (``files``: the stored
-        names; ``videos``: ``{"storage", "path"}`` dicts in order)."""
+        """:meth:`list_jobs` as plain dicts, read without ORM objects: what the API lists. Keys
+        are :data:`JOB_LIST_FIELDS`, in that order (``files``: the stored names; ``videos``:
+        ``{"storage", "path"}`` dicts in order).
+
+        One statement gives the page, each job's videos (aggregated as JSON by the database)
+        and the count (a subquery the database runs once); a text search runs its match first,
+        once, and its ids give both the count and the page.
+        """
         jobs = Job.__table__
-        videos_t = JobVideo.__table__
         where = self._job_filters(states, node, text)
         page = [*where, jobs.c.id < before_id] if before_id is not None else where
-        with self.engine.connect() as conn:
+        query = _list_select(self.engine.dialect.name)
+        total = None
+        # AUTOCOMMIT: no BEGIN and ROLLBACK round trips around one statement (PostgreSQL).
+        with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             if text:
                 # The text match scans a column (the message, at least): once, not once for the
-                # count and again for the page. Its ids, newest first, give both.
+                # count and again for the page.
                 ids = conn.execute(sa.select(jobs.c.id).where(*where).order_by(jobs.c.id.desc())).scalars().all()
                 total = len(ids)
                 if before_id is not None:
@@ -358,21 +389,19 @@ class Store:
                 page = [jobs.c.id.in_(ids[offset:offset + limit])]
                 offset = 0
             else:
-                total = conn.execute(sa.select(func.count()).select_from(jobs).where(*where)).scalar_one()
-            result = conn.execute(_list_select().where(*page).order_by(jobs.c.id.desc()).offset(offset).limit(limit))
-            rows = [dict(zip(JOB_LIST_FIELDS, row)) for row in result.all()]
-            by_id = {}
-            for row in rows:
-                row["videos"] = by_id[row["id"]] = []
-                files = row["files"]  # JSON text (SQLite), already decoded (PostgreSQL's json type)
-                if isinstance(files, str):
-                    row["files"] = [] if files == "[]" else json.loads(files)
-            if by_id:
-                for job_id, storage, path in conn.execute(
-                    sa.select(videos_t.c.job_id, videos_t.c.storage, videos_t.c.path)
-                    .where(videos_t.c.job_id.in_(list(by_id))).order_by(videos_t.c.job_id, videos_t.c.position)
-                ).all():
-                    by_id[job_id].append({"storage": storage, "path": path})
+                query = query.add_columns(sa.select(func.count()).select_from(jobs).where(*where)
+                                          .scalar_subquery().label("total"))
+            result = conn.execute(query.where(*page).order_by(jobs.c.id.desc()).offset(offset).limit(limit)).all()
+            if total is None:  # from the rows, or (a page past the end) on its own
+                total = result[0][-1] if result else conn.execute(
+                    sa.select(func.count()).select_from(jobs).where(*where)).scalar_one()
+        rows = []
+        for values in result:
+            row = dict(zip(JOB_LIST_FIELDS, values))
+            for key in ("files", "videos"):  # JSON text on SQLite, decoded already on PostgreSQL
+                if isinstance(row[key], str):
+                    row[key] = [] if row[key] == "[]" else json.loads(row[key])
+            rows.append(row)
         return rows, int(total)
 
     def _job_filters(self, states: Iterable[JobState] | None, node: str | None, text: str | None) -> list:
@@ -785,13 +814,27 @@ _JOB_TEXT = sa.table("job_text", sa.column("rowid", sa.Integer), sa.column("body
 
 
 @functools.cache
-def _list_select() -> sa.Select:
-    """SELECT of :data:`JOB_LIST_FIELDS` (built once: 24 columns cost more to build than to read).
+def _list_select(dialect: str) -> sa.Select:
+    """SELECT of :data:`JOB_LIST_FIELDS` (built once per dialect: 24 columns cost more to build
+    than to read).
 
-    ``files`` as text: most jobs have none, ``[]`` needs no JSON parser.
+    ``files`` as text: most jobs have none, ``[]`` needs no JSON parser. ``videos``: a JSON
+    array of ``{"storage", "path"}`` objects in position order, aggregated by the database
+    (SQLite before 3.44 has no ``ORDER BY`` inside an aggregate: it aggregates an ordered
+    subquery).
     """
-    jobs = Job.__table__
-    return sa.select(*(sa.null().label(name) if name == "videos" else
+    jobs, videos_t = Job.__table__, JobVideo.__table__
+    if dialect == "postgresql":
+        entry = sa.func.json_build_object("storage", videos_t.c.storage, "path", videos_t.c.path)
+        videos = sa.select(sa.func.coalesce(sa.func.json_agg(aggregate_order_by(entry, videos_t.c.position)),
+                                            sa.literal_column("'[]'::json"))) \
+            .where(videos_t.c.job_id == jobs.c.id).scalar_subquery()
+    else:
+        ordered = sa.select(videos_t.c.storage, videos_t.c.path).where(videos_t.c.job_id == jobs.c.id) \
+            .order_by(videos_t.c.position).correlate(jobs).subquery()
+        videos = sa.select(sa.func.json_group_array(sa.func.json_object("storage", ordered.c.storage,
+                                                                       "path", ordered.c.path))).scalar_subquery()
+    return sa.select(*(videos.label(name) if name == "videos" else
                        sa.type_coerce(jobs.c.files, sa.Text).label(name) if name == "files" else jobs.c[name]
                        for name in JOB_LIST_FIELDS))
 

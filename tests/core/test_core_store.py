@@ -231,7 +231,10 @@ def test_plain_job_rows_list_what_the_orm_lists(store):
     now = utcnow()
     jobs = []
     for i in range(7):
-        jobs.append(job := store.create_job(videos=[("st", f"dir/GX0{i}.MP4"), ("nas", f"b{i}.MP4")], backend="colmap", fps=2,
+        # Three videos a job, their position order not their name order: the list aggregates
+        # them in the database and must keep positions.
+        videos = [("st", f"dir/GX0{i}.MP4"), ("nas", f"b{i}.MP4"), ("nas", f"a{i}.MP4")]
+        jobs.append(job := store.create_job(videos=videos, backend="colmap", fps=2,
                                width=640, max_frames=None, recording="GX0042" if i == 3 else None))
         if i % 2:
             store.assign(job.id, attempt=1, node=f"g{i % 3}", lease_s=30, now=now)
@@ -242,12 +245,14 @@ def test_plain_job_rows_list_what_the_orm_lists(store):
              {"states": [JobState.assigned]}, {"node": "g1"}, {"text": "gx03"}, {"text": "GX0042"},
              {"states": [JobState.queued], "text": "B4"}, {"text": "nothing"},
              {"text": "dir/", "before_id": 5, "limit": 2}, {"text": "mp4", "limit": 2, "offset": 3},
-             {"text": "mp4", "before_id": 4, "offset": 1}, {"text": "gx", "limit": 3}]
+             {"text": "mp4", "before_id": 4, "offset": 1}, {"text": "gx", "limit": 3},
+             {"offset": 7}, {"states": [JobState.queued], "offset": 50}, {"text": "mp4", "offset": 9}]
     for case in cases:
         jobs, count = store.list_jobs(**case)
         rows, row_count = store.list_job_rows(**case)
         videos = store.videos_of(j.id for j in jobs)
         assert row_count == count, case
+        assert [len(r["videos"]) for r in rows] == [3] * len(jobs), case
         assert [JobPublic.model_validate(JobPublic.row_dict(r)) for r in rows] == [
             JobPublic.of(j, videos[j.id]) for j in jobs], case
 
@@ -262,3 +267,28 @@ def test_the_start_up_warm_up_changes_nothing(store):
     store.warm_up()
     store.warm_up()
     assert (store.jobs_by_id([queued.id, placed.id]), store.list_nodes(), store.last_event_id()) == before
+
+
+def test_reads_run_on_the_stores_own_reader_threads(url):
+    """Store.read serves the API's reads on its own threads: one on SQLite (reads there are
+    CPU work under the GIL), four by default otherwise, or as many as asked."""
+    import asyncio
+    import threading
+
+    async def names(store: Store) -> set[str]:
+        def name() -> str:
+            threading.Event().wait(0.02)  # long enough for the 8 reads to overlap where they can
+            return threading.current_thread().name
+        return set(await asyncio.gather(*(store.read(name) for _ in range(8))))
+
+    for read_threads, expected in [(None, 1 if url.startswith("sqlite") else 4), (2, 2)]:
+        store = Store(make_engine(url), read_threads=read_threads)
+        store.migrate()
+        job = store.create_job(videos=[("st", "a.MP4")], backend="colmap", fps=2, width=640, max_frames=None)
+        try:
+            seen = asyncio.run(names(store))
+            assert len(seen) == expected and all(n.startswith("store-read") for n in seen), seen
+            rows, count = asyncio.run(store.read(store.list_job_rows, limit=5))
+            assert count >= 1 and rows[0]["id"] == job.id
+        finally:
+            store.close()

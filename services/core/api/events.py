@@ -12,7 +12,6 @@ from typing import Annotated, AsyncIterator
 
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
-from starlette.concurrency import run_in_threadpool
 
 from services.core.api.deps import StoreDep
 from services.core.models import ERROR_RESPONSES, EventPublic
@@ -41,7 +40,7 @@ async def stream_events(
     """Server-sent events of job and node changes; reconnect with Last-Event-ID to resume."""
     start = after if after is not None else last_event_id
     if start is None:
-        start = await run_in_threadpool(store.last_event_id)
+        start = await store.read(store.last_event_id)
     return StreamingResponse(_events(request, store, start, max_s), media_type="text/event-stream",
                              headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
@@ -54,7 +53,7 @@ async def _events(request: Request, store: Store, after: int, max_s: float | Non
     while deadline is None or loop.time() < deadline:
         if await request.is_disconnected():
             return
-        for event in await run_in_threadpool(store.events_after, after):
+        for event in await store.read(store.events_after, after):
             after = event.id
             quiet_since = loop.time()
             yield f"id: {event.id}\nevent: {event.kind}\ndata: {EventPublic.of(event).model_dump_json()}\n\n"

@@ -64,9 +64,9 @@ async def list_jobs(
 ) -> Response:
     """Jobs, newest first, filtered by state, node and text; paged by cursor or offset."""
     # Plain rows, one read: ORM objects and a model per job cost most of a list's time
-    # (bench/RESULTS.md, "API under load"). An async route with one trip to the thread pool.
-    rows, count = await run_in_threadpool(store.list_job_rows, states=state, node=node, text=q, before_id=cursor,
-                                          limit=limit, offset=offset)
+    # (bench/RESULTS.md, "API under load"). An async route with one trip to the store's readers.
+    rows, count = await store.read(store.list_job_rows, states=state, node=node, text=q, before_id=cursor,
+                                   limit=limit, offset=offset)
     next_cursor = rows[-1]["id"] if len(rows) == limit else None
     # The JSON itself, serialized from the rows (JOBS_PAGE): returning a model would validate
     # 50 jobs into models, which FastAPI validates again, dumps to Python objects, then those

@@ -18,7 +18,6 @@ from urllib.parse import quote, urlencode
 import jinja2
 from fastapi import APIRouter, Body, Path, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, Response
-from starlette.concurrency import run_in_threadpool
 
 from shared.errors import NotFound
 from shared.jobs import JobState
@@ -116,7 +115,7 @@ async def get_overview(store: StoreDep, agents: AgentsDep) -> HTMLResponse:
         return dict(since=since, nodes=shown, counts=counts, running=_job_rows(store, running),
                     total=sum(counts.values()))
 
-    found = await run_in_threadpool(read)
+    found = await store.read(read)
     storage = [item for item in found["nodes"] if item["node"].role == NodeRole.storage]
     # The core polls storage nodes for liveness only: their disks are asked for here, briefly.
     answers = await asyncio.gather(*(dashboard.storage_status(agents, item["node"]) for item in storage))
@@ -126,7 +125,7 @@ async def get_overview(store: StoreDep, agents: AgentsDep) -> HTMLResponse:
 
 
 @router.get("/jobs", response_class=HTMLResponse, include_in_schema=False)
-def get_jobs(
+async def get_jobs(
     store: StoreDep,
     state: Annotated[list[JobState] | None, Query()] = None,
     node: Annotated[str | None, Query(max_length=64)] = None,
@@ -134,8 +133,12 @@ def get_jobs(
     cursor: Annotated[int | None, Query(ge=1)] = None,
 ) -> HTMLResponse:
     node, q = node or None, q or None
-    since = store.last_event_id()
-    jobs, count = store.list_jobs(states=state, node=node, text=q, before_id=cursor, limit=PAGE_JOBS)
+
+    def read() -> tuple:
+        jobs, count = store.list_jobs(states=state, node=node, text=q, before_id=cursor, limit=PAGE_JOBS)
+        return store.last_event_id(), jobs, count, _job_rows(store, jobs), [n.name for n in store.list_nodes()]
+
+    since, jobs, count, rows, nodes = await store.read(read)
     filters = {"state": [s.value for s in state or []], "node": node or "", "q": q or ""}
     next_url = None
     if len(jobs) == PAGE_JOBS:
@@ -143,31 +146,35 @@ def get_jobs(
         next_url = "/jobs?" + urlencode(query + [("cursor", jobs[-1].id)])
     # New jobs are added live only where they would be: the first page, unfiltered.
     live_insert = cursor is None and not state and not node and not q
-    return _render("jobs.html", since, page="jobs", rows=_job_rows(store, jobs), count=count, filters=filters,
-                   next_url=next_url, first_page=cursor is None, live_insert=live_insert,
-                   nodes=[n.name for n in store.list_nodes()])
+    return _render("jobs.html", since, page="jobs", rows=rows, count=count, filters=filters,
+                   next_url=next_url, first_page=cursor is None, live_insert=live_insert, nodes=nodes)
 
 
 @router.get("/jobs/rows", response_class=HTMLResponse, include_in_schema=False)
-def get_job_rows(store: StoreDep, id: Annotated[list[int], Query(max_length=500)]) -> HTMLResponse:
+async def get_job_rows(store: StoreDep, id: Annotated[list[int], Query(max_length=500)]) -> HTMLResponse:
     """Table rows of these jobs (for the page's live updates); unknown ids are left out."""
-    found = store.jobs_by_id(id)
-    jobs = [found[i] for i in sorted(found, reverse=True)]
-    return _render("job_rows.html", 0, rows=_job_rows(store, jobs))
+    def read() -> list[dict]:
+        found = store.jobs_by_id(id)
+        return _job_rows(store, [found[i] for i in sorted(found, reverse=True)])
+
+    return _render("job_rows.html", 0, rows=await store.read(read))
 
 
 @router.get("/jobs/{job_id}", response_class=HTMLResponse, include_in_schema=False)
 async def get_job_page(job_id: Annotated[int, Path(ge=1, le=10_000_000)], store: StoreDep,
                        agents: AgentsDep) -> HTMLResponse:
-    since = await run_in_threadpool(store.last_event_id)
-    try:
-        job = await run_in_threadpool(store.get_job, job_id)
-    except NotFound:
+    def read() -> tuple:
+        since = store.last_event_id()
+        try:
+            job = store.get_job(job_id)
+        except NotFound:
+            return since, None, None, None, None
+        return since, job, store.videos_of([job_id])[job_id], store.job_events(job_id), dashboard.viewer_url(store, job)
+
+    since, job, videos, events, viewer = await store.read(read)
+    if job is None:
         return _render("missing.html", since, status_code=404, page="jobs", job_id=job_id)
-    videos = (await run_in_threadpool(store.videos_of, [job_id]))[job_id]
-    events = await run_in_threadpool(store.job_events, job_id)
     qc = await dashboard.load_qc(store, agents, job)
-    viewer = await run_in_threadpool(dashboard.viewer_url, store, job)
     files = set(job.files)
     plots = [p for p in (qc.report.plots if qc.report else []) if p in files]
     return _render("job.html", since, page="jobs", job=job, videos=videos, events=events, qc=qc, plots=plots,
@@ -176,7 +183,7 @@ async def get_job_page(job_id: Annotated[int, Path(ge=1, le=10_000_000)], store:
 
 @router.get("/videos", response_class=HTMLResponse, include_in_schema=False)
 async def get_videos(store: StoreDep, agents: AgentsDep) -> HTMLResponse:
-    since = await run_in_threadpool(store.last_event_id)
+    since = await store.read(store.last_event_id)
     found, errors = await catalog.catalogs(store, agents)
     storages = []
     for node in found:
@@ -194,15 +201,15 @@ async def get_videos(store: StoreDep, agents: AgentsDep) -> HTMLResponse:
 
 @router.get("/stitches", response_class=HTMLResponse, include_in_schema=False)
 async def get_stitches(store: StoreDep, agents: AgentsDep) -> HTMLResponse:
-    since = await run_in_threadpool(store.last_event_id)
-    listed = await run_in_threadpool(stitches.list_all, store)
+    since = await store.read(store.last_event_id)
+    listed = await store.read(stitches.list_all, store)
     shown = list(reversed(listed))[:PAGE_STITCHES]
     # Running ones are followed on read, and the residuals come from the node's report.
     fresh = await asyncio.gather(*(stitches.get(store, agents, s.id) for s in shown), return_exceptions=True)
     rows = [f if isinstance(f, StitchPublic) else s for s, f in zip(shown, fresh)]
-    done, _ = await run_in_threadpool(lambda: store.list_jobs(states=[JobState.done], limit=PAGE_JOBS * 2))
+    done, _ = await store.read(store.list_jobs, states=[JobState.done], limit=PAGE_JOBS * 2)
     return _render("stitches.html", since, page="stitches", stitches=rows,
-                   done_jobs=await run_in_threadpool(_job_rows, store, done))
+                   done_jobs=await store.read(_job_rows, store, done))
 
 
 @router.post("/dashboard/token", status_code=204, include_in_schema=False)

@@ -377,8 +377,7 @@ class Store:
         page = [*where, jobs.c.id < before_id] if before_id is not None else where
         query = _list_select(self.engine.dialect.name)
         total = None
-        # AUTOCOMMIT: no BEGIN and ROLLBACK round trips around one statement (PostgreSQL).
-        with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        with self._read_connection() as conn:
             if text:
                 # The text match scans a column (the message, at least): once, not once for the
                 # count and again for the page.
@@ -403,6 +402,13 @@ class Store:
                     row[key] = [] if row[key] == "[]" else json.loads(row[key])
             rows.append(row)
         return rows, int(total)
+
+    def _read_connection(self) -> sa.Connection:
+        """A connection for reads: in AUTOCOMMIT on PostgreSQL (no BEGIN and ROLLBACK round trips
+        around a statement); as it is on SQLite (pysqlite begins no transaction for a SELECT,
+        and its AUTOCOMMIT costs two PRAGMAs a checkout)."""
+        conn = self.engine.connect()
+        return conn if self.engine.dialect.name == "sqlite" else conn.execution_options(isolation_level="AUTOCOMMIT")
 
     def _job_filters(self, states: Iterable[JobState] | None, node: str | None, text: str | None) -> list:
         """The WHERE clauses of a job listing (see :meth:`list_jobs`)."""

@@ -18,7 +18,9 @@ a later page, one job page), with the same figures.
 
 Prints one JSON line per kind: p50/p95/p99 latency (ms), requests per second, and the core
 process's CPU time per request (``server_cpu_ms``, from /proc: what a request costs the
-server, whatever else loads the machine). A baseline runs the same script from its checkout.
+server, whatever else loads the machine); beside it what a request cost this load generator
+(``client_cpu_ms``) and, with PostgreSQL, the database's processes (``db_cpu_ms``): all three
+share the machine's cores. A baseline runs the same script from its checkout.
 """
 
 from __future__ import annotations
@@ -82,6 +84,20 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process so far (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def db_cpu_seconds(cluster) -> float:
+    """CPU time so far of a throwaway PostgreSQL: its postmaster and every child (the backends
+    serving the core's connections; they live as long as the pool keeps them)."""
+    postmaster = int((cluster.data / "postmaster.pid").read_text().split()[0])
+    total = cpu_seconds(postmaster)
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == postmaster:
+                total += cpu_seconds(int(stat.parent.name))
+        except (OSError, ValueError):  # gone meanwhile
+            continue
+    return total
 
 
 #: Dashboard pages (``--kinds pages``): overview, the first Jobs page, a search, a later page, one job.
@@ -163,9 +179,15 @@ def main() -> None:
                 for kind in kinds if args.warm_up else ():
                     asyncio.run(load(base, kind, args.warm_up, args.concurrency))  # unreported
                 for kind in kinds:
-                    cpu_before = cpu_seconds(core.pid)
+                    cpu_before, client_before = cpu_seconds(core.pid), time.process_time()
+                    db_before = db_cpu_seconds(cluster) if cluster else 0.0
                     result = asyncio.run(load(base, kind, args.requests, args.concurrency))
-                    result["server_cpu_ms"] = round((cpu_seconds(core.pid) - cpu_before) * 1000 / args.requests, 2)
+                    per_request = 1000 / args.requests
+                    result["server_cpu_ms"] = round((cpu_seconds(core.pid) - cpu_before) * per_request, 2)
+                    # Where the rest of the two cores went: this load generator, and PostgreSQL.
+                    result["client_cpu_ms"] = round((time.process_time() - client_before) * per_request, 2)
+                    if cluster:
+                        result["db_cpu_ms"] = round((db_cpu_seconds(cluster) - db_before) * per_request, 2)
                     print(json.dumps({"db": args.db, "stored": args.stored, **result}), flush=True)
             finally:
                 core.terminate()

@@ -292,3 +292,32 @@ def test_reads_run_on_the_stores_own_reader_threads(url):
             assert count >= 1 and rows[0]["id"] == job.id
         finally:
             store.close()
+
+
+def test_a_read_whose_connection_was_dropped_is_read_again_on_a_new_one(url, caplog):
+    """The list's PostgreSQL connections are not pinged at each checkout (a round trip a list):
+    a read that meets a connection the server dropped (a restart) runs again, and answers."""
+    import asyncio
+
+    if url.startswith("sqlite"):
+        pytest.skip("PostgreSQL only: SQLite has no server to drop a connection")
+    store = Store(make_engine(url))
+    store.migrate()
+    job = store.create_job(videos=[("st", "a.MP4")], backend="colmap", fps=2, width=640, max_frames=None)
+
+    async def list_across_a_drop():
+        before = await store.read(store.list_job_rows, limit=5)  # leaves a pooled read connection
+        with store.engine.connect() as conn:  # what a restart of PostgreSQL does to it
+            killed = conn.exec_driver_sql(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()").scalar_one()
+        return before, killed, await store.read(store.list_job_rows, limit=5)
+
+    try:
+        with caplog.at_level("WARNING", logger="services.core.store"):
+            before, killed, after = asyncio.run(list_across_a_drop())
+        assert killed >= 1
+        assert before == after and after[0][0]["id"] == job.id
+        assert "a database connection was dropped" in caplog.text  # it did meet the dead one
+    finally:
+        store.close()

@@ -127,7 +127,7 @@ class Store:
         The API's reads run here rather than in the thread pool shared with writes. On SQLite
         one thread: a read is CPU work under the GIL, and eight of them in eight pool threads
         spent more time handing the GIL to each other than reading (the job list under 8
-        clients: 5.6 ms of CPU a request and p95 100 ms, against 2.3 ms and 32 ms on one
+        clients: 5.6 ms of CPU a request and p95 100 ms, against 2.4 ms and 32 ms on one
         reader thread; bench/RESULTS.md, "Round 4"). A write would wait here for the
         database's write lock and hold every read up: writes stay in the shared pool.
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from datetime import timedelta
 
 import pytest
@@ -272,9 +274,6 @@ def test_the_start_up_warm_up_changes_nothing(store):
 def test_reads_run_on_the_stores_own_reader_threads(url):
     """Store.read serves the API's reads on its own threads: one on SQLite (reads there are
     CPU work under the GIL), four by default otherwise, or as many as asked."""
-    import asyncio
-    import threading
-
     async def names(store: Store) -> set[str]:
         def name() -> str:
             threading.Event().wait(0.02)  # long enough for the 8 reads to overlap where they can
@@ -297,8 +296,6 @@ def test_reads_run_on_the_stores_own_reader_threads(url):
 def test_a_read_whose_connection_was_dropped_is_read_again_on_a_new_one(url, caplog):
     """The list's PostgreSQL connections are not pinged at each checkout (a round trip a list):
     a read that meets a connection the server dropped (a restart) runs again, and answers."""
-    import asyncio
-
     if url.startswith("sqlite"):
         pytest.skip("PostgreSQL only: SQLite has no server to drop a connection")
     store = Store(make_engine(url))

@@ -135,8 +135,9 @@ async def get_jobs(
     node, q = node or None, q or None
 
     def read() -> tuple:
+        since = store.last_event_id()  # first: the page follows every change after its read
         jobs, count = store.list_jobs(states=state, node=node, text=q, before_id=cursor, limit=PAGE_JOBS)
-        return store.last_event_id(), jobs, count, _job_rows(store, jobs), [n.name for n in store.list_nodes()]
+        return since, jobs, count, _job_rows(store, jobs), [n.name for n in store.list_nodes()]
 
     since, jobs, count, rows, nodes = await store.read(read)
     filters = {"state": [s.value for s in state or []], "node": node or "", "q": q or ""}

@@ -84,23 +84,27 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def _stat(pid: int) -> list[str]:
+    """The fields of ``/proc/PID/stat`` after the command name (state first, then ppid, …)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def cpu_seconds(pid: int, *, exited_children: bool = False) -> float:
+    """User + system CPU time of a process so far (Linux /proc), with that of its children
+    it has waited for if asked."""
+    fields = _stat(pid)
+    return sum(int(f) for f in fields[11:15 if exited_children else 13]) / os.sysconf("SC_CLK_TCK")
 
 
 def db_cpu_seconds(cluster) -> float:
     """CPU time so far of a throwaway PostgreSQL: its postmaster and every child (the backends
     serving the core's connections; they live as long as the pool keeps them)."""
     postmaster = int((cluster.data / "postmaster.pid").read_text().split()[0])
-    fields = Path(f"/proc/{postmaster}/stat").read_text().rsplit(")", 1)[1].split()
-    # Its own time and its exited children's (cutime + cstime: backends a pool closed)...
-    total = sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+    total = cpu_seconds(postmaster, exited_children=True)  # backends a pool closed included...
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == postmaster:
-                total += cpu_seconds(int(stat.parent.name))  # ... and the living children's
+            if int(_stat(int(stat.parent.name))[1]) == postmaster:
+                total += cpu_seconds(int(stat.parent.name))  # ... and the living ones
         except (OSError, ValueError):  # gone meanwhile
             continue
     return total

@@ -39,8 +39,8 @@ VIEWER_BASE_PORT = 8100
 #: qc.json larger than this is not shown (a real one is a few kB).
 QC_MAX_BYTES = 4_000_000
 #: Headers of an agent's file (GLB, PLY, report) passed on to the client.
-_PASSED_HEADERS = ("content-type", "content-length", "content-range", "accept-ranges", "content-disposition",
-                   "etag", "last-modified")
+_PASSED_HEADERS = ("content-type", "content-length", "content-encoding", "content-range", "accept-ranges",
+                   "content-disposition", "etag", "last-modified")
 
 
 @dataclass
@@ -155,9 +155,14 @@ async def _job_viewer(store: Store, agents: AgentClient, job_id: int, method: st
 
 async def stream_from(agents: AgentClient, request: httpx.Request, who: str = "the gpu node", *,
                       sandbox: bool = False) -> StreamingResponse:
-    """The agent's answer streamed through (status, content and download headers); ``sandbox``
-    for files opened on the dashboard's origin, where they must not run scripts (token cookie)."""
-    upstream = await _send(agents, request, who)
+    """``request`` sent to an agent, its answer streamed through (see :func:`relay`)."""
+    return relay(await _send(agents, request, who), sandbox=sandbox)
+
+
+def relay(upstream: httpx.Response, *, sandbox: bool = False) -> StreamingResponse:
+    """An agent's streamed answer passed on: status, content and download headers (closed once
+    sent); ``sandbox`` for files opened on the dashboard's origin, where they must not run
+    scripts (they would carry the dashboard's token cookie)."""
     headers = {k: v for k, v in upstream.headers.items() if k.lower() in _PASSED_HEADERS}
     if sandbox:
         headers |= {"Content-Security-Policy": "sandbox", "X-Content-Type-Options": "nosniff"}

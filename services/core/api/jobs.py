@@ -8,7 +8,6 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response
 from fastapi.responses import StreamingResponse
-from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
 from shared.errors import ApiError, BadRequest, NotFound
@@ -16,6 +15,7 @@ from shared.jobs import JobState
 from shared.videos import VideoInfo
 
 from services.core.agents import AgentClient, AgentError, AgentRequestError, AgentUnreachable
+from services.core.api.dashboard import relay
 from services.core.api.deps import AgentsDep, JobId, StoreDep, TokenRequired
 from services.core import catalog
 from services.core.models import (ERROR_RESPONSES, JOBS_PAGE, EventPublic, EventsPublic, JobCreate, JobPublic, JobsPublic,
@@ -26,11 +26,6 @@ from services.core.store import ACTIVE_STATES, NodeRole, Store
 log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/jobs", tags=["jobs"], responses=ERROR_RESPONSES)
-
-
-#: Headers of an artifact passed from the agent to the client.
-_FILE_HEADERS = ("content-type", "content-length", "content-encoding", "content-disposition", "etag", "last-modified",
-                 "content-range", "accept-ranges")
 
 
 @router.post("", status_code=201, dependencies=[TokenRequired])
@@ -146,13 +141,9 @@ async def get_job_file(
         upstream = await agents.open_file(node.url, job_id, name, byte_range=byte_range)
     except AgentError as exc:
         raise _as_api_error(exc, f"gpu node {node.name}") from None
-    headers = {k: v for k, v in upstream.headers.items() if k.lower() in _FILE_HEADERS}
     # Agent files come from the dashboard's own origin: a hostile report.html or SVG opened
-    # directly must not run scripts there (they would carry the dashboard's token cookie).
-    headers["Content-Security-Policy"] = "sandbox"
-    headers["X-Content-Type-Options"] = "nosniff"
-    return StreamingResponse(upstream.aiter_raw(), status_code=upstream.status_code, headers=headers,
-                             background=BackgroundTask(upstream.aclose))
+    # directly must not run scripts there (sandboxed).
+    return relay(upstream, sandbox=True)
 
 
 async def _stop_on_node(store: Store, agents: AgentClient, node_name: str, job_id: int) -> None:
